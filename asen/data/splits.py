@@ -1,0 +1,188 @@
+"""Reader for the reference split format (reference/asenpp.md), validating as it reads.
+
+Every error names the file and line. Attribute names come from the dataset config when
+one is given, else from `dataset.yaml` in the dataset root, else they are inferred from
+the label files and named by index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from asen import AsenError
+from asen.config import AttributeSpec
+
+EVAL_SPLITS = ("valid", "test")
+
+
+class SplitError(AsenError):
+    """A malformed split file; the message names the file and line."""
+
+
+@dataclass
+class EvalEntries:
+    """Query and candidate entries of one evaluation split: arrays of (image_id, attr, value)."""
+
+    split: str
+    files: list[Path]
+    queries: np.ndarray  # int64 [Q, 3]
+    candidates: np.ndarray  # int64 [C, 3]
+
+
+@dataclass
+class SplitDataset:
+    """A dataset root in the split format, read lazily split by split."""
+
+    root: Path
+    attributes: list[AttributeSpec]
+    _files: dict[str, list[Path]] = field(default_factory=dict, repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self.attributes]
+
+    @property
+    def counts(self) -> list[int]:
+        return [a.values for a in self.attributes]
+
+    def attribute_index(self, name: str) -> int:
+        """Index of an attribute by name (or by its number); a clear error lists the valid names."""
+        if name in self.names:
+            return self.names.index(name)
+        if name.isdigit() and int(name) < len(self.names):
+            return int(name)
+        raise AsenError(f"unknown attribute '{name}'; valid: {', '.join(self.names)}")
+
+    def files(self, split: str) -> list[Path]:
+        if split not in self._files:
+            self._files[split] = read_filenames(self.root, split)
+        return self._files[split]
+
+    def train_labels(self) -> np.ndarray:
+        """int64 [N, A]: the value of each attribute for each training image, -1 if unlabelled."""
+        n = len(self.files("train"))
+        path = self.root / "label_train.txt"
+        labels = np.full((n, len(self.attributes)), -1, dtype=np.int64)
+        for lineno, nums in _read_ints(path):
+            if len(nums) < 3 or len(nums) % 2 == 0:
+                raise SplitError(
+                    f"{path}:{lineno}: expected 'image_id attr value [attr value ...]'"
+                )
+            image_id = nums[0]
+            _check_id(path, lineno, image_id, n)
+            for attr, value in zip(nums[1::2], nums[2::2], strict=True):
+                self._check_label(path, lineno, attr, value)
+                labels[image_id, attr] = value
+        if not (labels >= 0).any():
+            raise SplitError(f"{path}: empty split (no labels)")
+        return labels
+
+    def eval_entries(self, split: str) -> EvalEntries:
+        if split not in EVAL_SPLITS:
+            raise AsenError(f"unknown split '{split}'; valid: {', '.join(EVAL_SPLITS)}")
+        files = self.files(split)
+        parts = []
+        for kind in ("query", "candidate"):
+            path = self.root / f"{kind}_{split}.txt"
+            rows = []
+            for lineno, nums in _read_ints(path):
+                if len(nums) != 3:
+                    raise SplitError(f"{path}:{lineno}: expected 'image_id attr value'")
+                _check_id(path, lineno, nums[0], len(files))
+                self._check_label(path, lineno, nums[1], nums[2])
+                rows.append(nums)
+            if not rows:
+                raise SplitError(f"{path}: empty split (no entries)")
+            parts.append(np.asarray(rows, dtype=np.int64))
+        return EvalEntries(split, files, parts[0], parts[1])
+
+    def _check_label(self, path: Path, lineno: int, attr: int, value: int) -> None:
+        if not 0 <= attr < len(self.attributes):
+            raise SplitError(
+                f"{path}:{lineno}: attribute {attr} out of range (0..{len(self.attributes) - 1})"
+            )
+        spec = self.attributes[attr]
+        if not 0 <= value < spec.values:
+            raise SplitError(
+                f"{path}:{lineno}: value {value} out of range for attribute "
+                f"'{spec.name}' (0..{spec.values - 1})"
+            )
+
+
+def _read_ints(path: Path):
+    """Yield (line number from 1, list of ints) for every non-blank line."""
+    if not path.is_file():
+        raise SplitError(f"{path}: split file not found")
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, [int(tok) for tok in line.split()]
+            except ValueError:
+                raise SplitError(f"{path}:{lineno}: not an integer: {line.strip()!r}") from None
+
+
+def _check_id(path: Path, lineno: int, image_id: int, n: int) -> None:
+    if not 0 <= image_id < n:
+        raise SplitError(f"{path}:{lineno}: image id {image_id} out of range (0..{n - 1})")
+
+
+def read_filenames(root: Path, split: str) -> list[Path]:
+    """Image paths of a split, checked to exist (the first few missing ones and the count)."""
+    path = root / f"filenames_{split}.txt"
+    if not path.is_file():
+        raise SplitError(f"{path}: split file not found")
+    files = [root / line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not files:
+        raise SplitError(f"{path}: empty split (no image paths)")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        shown = ", ".join(missing[:3])
+        raise SplitError(f"{path}: {len(missing)} image files missing (first: {shown})")
+    return files
+
+
+def _infer_attributes(root: Path) -> list[AttributeSpec]:
+    """Attribute count and value counts from the label and query/candidate files."""
+    counts: dict[int, int] = {}
+    sources = [root / "label_train.txt"] + [
+        root / f"{kind}_{split}.txt" for split in EVAL_SPLITS for kind in ("query", "candidate")
+    ]
+    for path in sources:
+        if not path.is_file():
+            continue
+        for lineno, nums in _read_ints(path):
+            pairs = zip(nums[1::2], nums[2::2], strict=False)
+            for attr, value in pairs:
+                if attr < 0 or value < 0:
+                    raise SplitError(f"{path}:{lineno}: negative attribute or value")
+                counts[attr] = max(counts.get(attr, 0), value + 1)
+    if not counts:
+        raise SplitError(f"{root}: no label files to infer attributes from")
+    return [AttributeSpec(f"attr{i}", max(counts.get(i, 0), 2)) for i in range(max(counts) + 1)]
+
+
+def open_dataset(root: str | Path, attributes: list[AttributeSpec] | None = None) -> SplitDataset:
+    """Open a dataset root; `attributes` (from a dataset config) take precedence over
+    `dataset.yaml`, which takes precedence over inference from the labels."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AsenError(f"{root}: dataset root not found (expected a folder in the split format)")
+    if not attributes:
+        meta = root / "dataset.yaml"
+        if meta.is_file():
+            try:
+                raw = yaml.safe_load(meta.read_text()) or {}
+                attributes = [
+                    AttributeSpec(str(a["name"]), int(a["values"])) for a in raw["attributes"]
+                ]
+            except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+                raise AsenError(f"{meta}: expected 'attributes: [{{name, values}}, ...]'") from e
+        else:
+            attributes = _infer_attributes(root)
+    return SplitDataset(root, list(attributes))

@@ -1,0 +1,181 @@
+"""Evaluation and embedding of a split through any Encoder (DESIGN contracts 4 and 5)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from asen import AsenError
+from asen.data.datasets import EntryImages, batches, make_loader
+from asen.data.splits import SplitDataset
+from asen.encoders import Encoder
+from asen.metrics import mean_average_precision
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class EmbeddedSplit:
+    """Every query and candidate entry of a split with its embedding."""
+
+    embeddings: np.ndarray  # float32 [N, D]
+    image_ids: np.ndarray  # int64 [N]
+    attributes: np.ndarray  # int64 [N]
+    values: np.ndarray  # int64 [N]
+    is_query: np.ndarray  # bool [N]
+    paths: list[str] = field(default_factory=list)
+    skipped: int = 0  # entries dropped because their image could not be decoded
+
+    def save(self, path: Path, attribute_names: list[str]) -> None:
+        """Write the .npz atomically (a rerun redoes it; no partial file is ever left)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(
+                    fh,
+                    embeddings=self.embeddings,
+                    image_ids=self.image_ids,
+                    attributes=self.attributes,
+                    values=self.values,
+                    is_query=self.is_query,
+                    paths=np.asarray(self.paths),
+                    attribute_names=np.asarray(attribute_names),
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@dataclass
+class EvalResult:
+    backend: str
+    split: str
+    overall_map: float
+    per_attribute: dict[str, float]
+    num_queries: dict[str, int]
+    skipped: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "backend": self.backend,
+            "split": self.split,
+            "overall_map": self.overall_map,
+            "per_attribute": self.per_attribute,
+            "num_queries": self.num_queries,
+        }
+
+
+def _check_compatible(encoder: Encoder, dataset: SplitDataset) -> None:
+    model_counts = [a.values for a in encoder.info.attributes]
+    if model_counts != dataset.counts:
+        raise AsenError(
+            f"{dataset.root}: dataset attributes {dataset.names} {dataset.counts} do not match "
+            f"the model's {encoder.info.names} {model_counts}"
+        )
+
+
+def embed_entries(
+    encoder: Encoder,
+    files: list[Path],
+    image_ids: np.ndarray,
+    attributes: np.ndarray,
+    batch_size: int = 64,
+    workers: int = 2,
+    skip_bad: bool = False,
+    progress: Progress | None = None,
+):
+    """Embeddings [N, D] of (image, attribute) entries, and a mask of those decoded."""
+    data = EntryImages(files, image_ids, attributes, encoder.info.source_size, skip_bad)
+    out = np.zeros((len(image_ids), encoder.info.dim), dtype=np.float32)
+    ok = np.zeros(len(image_ids), dtype=bool)
+    for images, attrs, index, good in batches(make_loader(data, batch_size, workers)):
+        good = good.numpy()
+        index = index.numpy()[good]
+        if len(index):
+            out[index] = encoder.encode(images.numpy()[good], attrs.numpy()[good].astype(np.int64))
+            ok[index] = True
+        if progress:
+            progress(len(good))
+    return out, ok
+
+
+def embed_split(
+    encoder: Encoder,
+    dataset: SplitDataset,
+    split: str,
+    batch_size: int = 64,
+    workers: int = 2,
+    skip_bad: bool = False,
+    progress: Progress | None = None,
+) -> EmbeddedSplit:
+    """Embed every query and candidate entry of an evaluation split."""
+    _check_compatible(encoder, dataset)
+    entries = dataset.eval_entries(split)
+    rows = np.concatenate([entries.queries, entries.candidates])
+    is_query = np.arange(len(rows)) < len(entries.queries)
+    # an (image, attribute) pair is encoded once even if it is listed twice
+    pairs, inverse = np.unique(rows[:, :2], axis=0, return_inverse=True)
+    emb, ok = embed_entries(
+        encoder, entries.files, pairs[:, 0], pairs[:, 1], batch_size, workers, skip_bad, progress
+    )
+    keep = ok[inverse.reshape(-1)]
+    rows, is_query = rows[keep], is_query[keep]
+    return EmbeddedSplit(
+        embeddings=emb[inverse.reshape(-1)][keep],
+        image_ids=rows[:, 0],
+        attributes=rows[:, 1],
+        values=rows[:, 2],
+        is_query=is_query,
+        paths=[str(entries.files[i].relative_to(dataset.root)) for i in rows[:, 0]],
+        skipped=int((~keep).sum()),
+    )
+
+
+def num_pairs(dataset: SplitDataset, split: str) -> int:
+    """How many (image, attribute) pairs `embed_split` encodes (for progress bars)."""
+    entries = dataset.eval_entries(split)
+    rows = np.concatenate([entries.queries, entries.candidates])[:, :2]
+    return len(np.unique(rows, axis=0))
+
+
+def score(embedded: EmbeddedSplit, names: list[str], backend: str, split: str) -> EvalResult:
+    """The paper's mAP over an embedded split."""
+    q, c = embedded.is_query, ~embedded.is_query
+    result = mean_average_precision(
+        embedded.embeddings[q],
+        embedded.attributes[q],
+        embedded.values[q],
+        embedded.embeddings[c],
+        embedded.attributes[c],
+        embedded.values[c],
+        len(names),
+    )
+    return EvalResult(
+        backend=backend,
+        split=split,
+        overall_map=float(result.overall),
+        per_attribute={names[a]: float(m) for a, m in result.per_attribute.items()},
+        num_queries={names[a]: int(n) for a, n in result.num_queries.items()},
+        skipped=embedded.skipped,
+    )
+
+
+def evaluate(
+    encoder: Encoder,
+    dataset: SplitDataset,
+    split: str = "test",
+    batch_size: int = 64,
+    workers: int = 2,
+    skip_bad: bool = False,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Embed a split with `encoder` and compute the paper's mAP."""
+    embedded = embed_split(encoder, dataset, split, batch_size, workers, skip_bad, progress)
+    return score(embedded, dataset.names, encoder.backend, split)

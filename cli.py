@@ -1,0 +1,365 @@
+"""`asen`: the command-line interface. Parses arguments, calls one function, prints."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from asen import AsenError
+
+app = typer.Typer(
+    help="ASEN++ attribute-specific fashion similarity: train, export, serve, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def _errors(fn):
+    """Run a command; a user mistake (AsenError) is one red line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AsenError as e:
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/red]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+Configs = Annotated[
+    list[str],
+    typer.Option(
+        "--config", "-c", help="YAML file or packaged config name; repeat to compose (later wins)."
+    ),
+]
+Sets = Annotated[
+    list[str], typer.Option("--set", help="Override one field: key=value (e.g. train.epochs=3).")
+]
+DataRoot = Annotated[Path, typer.Option("--data", help="Dataset root in the split format.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Workers = Annotated[int, typer.Option(help="DataLoader workers decoding images.")]
+SkipBad = Annotated[
+    bool,
+    typer.Option("--skip-bad-images", help="Skip and count undecodable images instead of failing."),
+]
+
+
+@data_app.command("synth")
+@_errors
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the dataset into.")],
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    train: Annotated[int, typer.Option(help="Training images.")] = 4000,
+    eval: Annotated[int, typer.Option("--eval", help="Images in each of valid and test.")] = 1000,
+    attributes: Annotated[
+        str | None,
+        typer.Option(
+            help="Attribute value counts, e.g. 3,6,2,7,4 (default: 4 garment attributes)."
+        ),
+    ] = None,
+) -> None:
+    """Write the built-in synthetic garment dataset in the reference split format."""
+    from asen.data.synthetic import generate
+
+    attrs = None
+    if attributes:
+        try:
+            attrs = {f"attr{i}": int(v) for i, v in enumerate(attributes.split(","))}
+        except ValueError:
+            raise AsenError(
+                f"--attributes {attributes}: expected comma-separated integers"
+            ) from None
+    with console.status(f"writing synthetic dataset to {out}"):
+        meta = generate(out, seed=seed, n_train=train, n_eval=eval, attributes=attrs)
+    names = ", ".join(f"{a['name']} ({a['values']})" for a in meta["attributes"])
+    console.print(
+        f"wrote {out}: {train} train, {eval} valid, {eval} test images; attributes: {names}"
+    )
+
+
+@app.command("train")
+@_errors
+def train_cmd(
+    data: DataRoot,
+    config: Configs = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override one field: key=value (e.g. train.lr=1e-3).")
+    ] = None,
+    stage: Annotated[int, typer.Option(help="1: global branch; 2: adds the local branch.")] = 1,
+    init: Annotated[
+        Path | None, typer.Option(help="Checkpoint to initialise from (stage 1 for stage 2).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Minutes; stop cleanly after the step that crosses it.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Run folder: last.pt, best.pt, metrics.jsonl.")] = Path(
+        "runs/stage1"
+    ),
+    device: Device = "auto",
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out exactly where it stopped.")
+    ] = False,
+    weights: Annotated[
+        str | None, typer.Option(help="Backbone weights: 'imagenet' or a local state-dict file.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="DataLoader workers (default: config data.workers).")
+    ] = None,
+    skip_bad_images: SkipBad = False,
+) -> None:
+    """Train ASEN++ (stage 1 or 2) with the reference's triplets, losses and schedules."""
+    from asen.config import load_config
+    from asen.train import TrainCallbacks, train
+
+    overrides = list(set_ or [])
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    if weights is not None:
+        overrides.append(f"model.weights={weights}")
+    if workers is not None:
+        overrides.append(f"data.workers={workers}")
+    if skip_bad_images:
+        overrides.append("data.skip_bad_images=true")
+    cfg = load_config(
+        [f"stage{stage}", *(config or [])] if stage in (1, 2) else list(config or []), overrides
+    )
+    with _progress() as progress:
+        task = {"id": None}
+
+        def epoch_start(epoch: int, first: int, total: int) -> None:
+            task["id"] = progress.add_task(
+                f"stage {stage} epoch {epoch + 1}", total=total, completed=first, info=""
+            )
+
+        def step(s: dict) -> None:
+            progress.update(
+                task["id"],
+                completed=s["step"],
+                info=f"loss {s['loss']:.4f}  {s['triplets_per_s']:.0f} triplets/s",
+            )
+
+        def eval_start(n: int) -> None:
+            task["eval"] = progress.add_task("  validating", total=n, info="")
+
+        def eval_progress(n: int) -> None:
+            progress.advance(task["eval"], n)
+
+        def epoch_end(r: dict) -> None:
+            progress.remove_task(task["eval"])
+            console.print(
+                f"epoch {r['epoch']}{' (partial)' if r['partial'] else ''}: loss {r['loss']:.4f}  "
+                f"val mAP {r['val_map']:.4f}  {r['triplets_per_s']:.0f} triplets/s"
+                + (f"  skipped images {r['skipped_images']}" if r["skipped_images"] else "")
+            )
+
+        result = train(
+            cfg,
+            data,
+            stage,
+            out,
+            init,
+            time_budget,
+            device,
+            resume,
+            TrainCallbacks(epoch_start, step, eval_start, eval_progress, epoch_end),
+        )
+    console.print(
+        f"best val mAP {result.best_val_map:.4f}; checkpoints in {out} (best.pt, last.pt)"
+    )
+
+
+def _open_encoder(backend: str, model: str, device: str, batch_size: int, url: str | None = None):
+    """The Encoder for a backend name (DESIGN contract 4)."""
+    if backend == "torch":
+        from asen.encoders import TorchEncoder
+
+        return TorchEncoder.from_checkpoint(model, device, batch_size)
+    if backend in ("onnx", "trt"):
+        from export.encoders import open_encoder
+
+        encoder = open_encoder(backend, model, device, batch_size)
+        err.print(encoder.describe(), highlight=False)
+        return encoder
+    raise AsenError(f"--backend {backend}: unknown backend (valid: torch, onnx, trt, triton)")
+
+
+def _print_map_table(results: list) -> None:
+    table = Table(title=f"mAP ({results[0].split} split)")
+    table.add_column("attribute")
+    table.add_column("queries", justify="right")
+    for r in results:
+        table.add_column(r.backend, justify="right")
+    first = results[0]
+    for name, n in first.num_queries.items():
+        table.add_row(name, str(n), *(f"{100 * r.per_attribute[name]:.2f}" for r in results))
+    table.add_row(
+        "overall (weighted)",
+        str(sum(first.num_queries.values())),
+        *(f"{100 * r.overall_map:.2f}" for r in results),
+        style="bold",
+    )
+    console.print(table)
+
+
+ModelArg = Annotated[
+    str, typer.Argument(help="Checkpoint (torch), model repository or artifact (onnx, trt).")
+]
+Backend = Annotated[str, typer.Option(help="torch, onnx, trt or triton.")]
+Split = Annotated[str, typer.Option(help="valid or test.")]
+BatchSize = Annotated[int, typer.Option(help="Images per encoder call.")]
+
+
+def _dataset(data: Path, encoder):
+    from asen.data.splits import open_dataset
+
+    return open_dataset(data, encoder.info.attributes)
+
+
+@app.command("eval")
+@_errors
+def eval_cmd(
+    model: ModelArg,
+    data: DataRoot,
+    split: Split = "test",
+    backend: Backend = "torch",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures as JSON.")
+    ] = None,
+    device: Device = "auto",
+    batch_size: BatchSize = 64,
+    workers: Workers = 2,
+    skip_bad_images: SkipBad = False,
+) -> None:
+    """Per-attribute and overall mAP (the paper's protocol) through any backend."""
+    from asen.evaluate import evaluate, num_pairs
+
+    encoder = _open_encoder(backend, model, device, batch_size)
+    dataset = _dataset(data, encoder)
+    with _progress() as progress:
+        task = progress.add_task(
+            f"encoding {split} ({backend})", total=num_pairs(dataset, split), info=""
+        )
+        result = evaluate(
+            encoder,
+            dataset,
+            split,
+            batch_size,
+            workers,
+            skip_bad_images,
+            lambda n: progress.advance(task, n),
+        )
+    _print_map_table([result])
+    if result.skipped:
+        console.print(
+            f"[yellow]skipped {result.skipped} entries whose image could not be decoded[/yellow]"
+        )
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+
+
+@app.command("embed")
+@_errors
+def embed_cmd(
+    model: ModelArg,
+    data: DataRoot,
+    out: Annotated[Path, typer.Option(help="Output .npz file.")],
+    split: Split = "test",
+    backend: Backend = "torch",
+    device: Device = "auto",
+    batch_size: BatchSize = 64,
+    workers: Workers = 2,
+    skip_bad_images: SkipBad = False,
+) -> None:
+    """Embed every query and candidate entry of a split into an .npz file."""
+    from asen.evaluate import embed_split, num_pairs
+
+    encoder = _open_encoder(backend, model, device, batch_size)
+    dataset = _dataset(data, encoder)
+    with _progress() as progress:
+        task = progress.add_task(
+            f"encoding {split} ({backend})", total=num_pairs(dataset, split), info=""
+        )
+        embedded = embed_split(
+            encoder,
+            dataset,
+            split,
+            batch_size,
+            workers,
+            skip_bad_images,
+            lambda n: progress.advance(task, n),
+        )
+    embedded.save(out, dataset.names)
+    console.print(
+        f"wrote {out}: {len(embedded.embeddings)} embeddings of dim {embedded.embeddings.shape[1]}"
+        + (f"; skipped {embedded.skipped} undecodable entries" if embedded.skipped else "")
+    )
+
+
+@app.command("export")
+@_errors
+def export_cmd(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Checkpoint to export (e.g. runs/stage2/best.pt).")
+    ],
+    repo: Annotated[Path, typer.Option(help="Model repository folder.")] = Path("triton_models"),
+    name: Annotated[
+        str, typer.Option(help="Model name: writes <name>_onnx (and <name>_trt).")
+    ] = "asen",
+    trt: Annotated[
+        bool,
+        typer.Option("--trt", help="Also build a TensorRT engine (needs TensorRT and a CUDA GPU)."),
+    ] = False,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="Build the TensorRT engine with FP16 kernels.")
+    ] = False,
+    max_batch: Annotated[int, typer.Option(help="Largest batch the artifacts accept.")] = 64,
+) -> None:
+    """Export a checkpoint to one ONNX graph (and a TensorRT engine), verified against PyTorch."""
+    from export.build import export_model
+
+    def report(line: str) -> None:
+        console.print(line, markup=False, highlight=False)
+
+    for path in export_model(checkpoint, repo, name, trt, fp16, max_batch, report):
+        report(f"wrote {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
