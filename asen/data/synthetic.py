@@ -53,25 +53,22 @@ class _Nuisance:
     noise: float
 
 
-def _luma(c: Sequence[int]) -> float:
-    return 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
-
-
-def _colour_far_from(rng: np.random.Generator, ref: Sequence[int], gap: float) -> tuple:
-    """A random colour whose luma differs from `ref` by at least `gap`."""
-    while True:
-        c = tuple(int(v) for v in rng.integers(0, 256, 3))
-        if abs(_luma(c) - _luma(ref)) >= gap:
-            return c
+def _hsv(rng: np.random.Generator, sat: tuple[float, float], val: tuple[float, float]) -> tuple:
+    """A colour of random hue with saturation and value drawn from the given ranges."""
+    rgb = colorsys.hsv_to_rgb(
+        float(rng.random()), float(rng.uniform(*sat)), float(rng.uniform(*val))
+    )
+    return tuple(round(255 * c) for c in rgb)
 
 
 def _nuisance(rng: np.random.Generator, image_size: int) -> _Nuisance:
     w, h = (int(v) for v in rng.integers(image_size, int(1.25 * image_size) + 1, 2))
     scale = float(rng.uniform(0.9, 1.1))
     jx, jy = (float(v) for v in rng.uniform(-0.03, 0.03, 2))
-    bg = tuple(int(v) for v in rng.integers(0, 256, 3))
-    fg = _colour_far_from(rng, bg, 70)
-    accent = _colour_far_from(rng, fg, 60)
+    # product-photo lighting: a light background, a darker garment, a light pattern; hue free
+    bg = _hsv(rng, (0.0, 0.3), (0.75, 0.95))
+    fg = _hsv(rng, (0.3, 0.9), (0.2, 0.5))
+    accent = _hsv(rng, (0.0, 0.6), (0.75, 1.0))
     phase = (float(rng.random()), float(rng.random()))
     return _Nuisance(w, h, scale, jx, jy, bg, fg, accent, phase, float(rng.uniform(0.0, 8.0)))
 

@@ -1,0 +1,192 @@
+"""User mistakes through the CLI: one line, exit code 1, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def run_error(args: list[str]) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    out = result.output
+    assert result.exit_code == 1, (result.exit_code, out, result.exception)
+    assert "Traceback" not in out
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out
+    assert lines[0].startswith("error:"), out
+    return lines[0]
+
+
+def make_root(tmp_path, labels: str):
+    """A tiny dataset root in the split format with the given label_train.txt."""
+    root = tmp_path / "data"
+    for split, n in (("train", 4), ("valid", 3), ("test", 3)):
+        (root / split).mkdir(parents=True)
+        names = []
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i * 60, 20, 90)).save(root / split / f"{i}.png")
+            names.append(f"{split}/{i}.png")
+        (root / f"filenames_{split}.txt").write_text("\n".join(names) + "\n")
+        if split != "train":
+            (root / f"query_{split}.txt").write_text("0 0 0\n1 1 1\n")
+            (root / f"candidate_{split}.txt").write_text("1 0 0\n2 0 1\n2 1 1\n")
+    (root / "label_train.txt").write_text(labels)
+    meta = {"attributes": [{"name": "collar", "values": 2}, {"name": "sleeve", "values": 3}]}
+    (root / "dataset.yaml").write_text(yaml.safe_dump(meta))
+    return root
+
+
+def train_args(tmp_path, root, *extra) -> list:
+    return [
+        "train",
+        "--data",
+        root,
+        "-c",
+        "small",
+        "--out",
+        tmp_path / "run",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        *extra,
+    ]
+
+
+# ------------------------------------------------------------------ eval / embed
+
+
+def test_eval_missing_checkpoint(tmp_path):
+    line = run_error(["eval", "/nonexistent.pt", "--data", tmp_path])
+    assert "checkpoint not found" in line
+    assert "/nonexistent.pt" in line
+
+
+def test_embed_missing_checkpoint(tmp_path):
+    line = run_error(["embed", "/nonexistent.pt", "--data", tmp_path, "--out", tmp_path / "e.npz"])
+    assert "checkpoint not found" in line
+    assert not (tmp_path / "e.npz").exists()
+
+
+def test_eval_foreign_file_as_checkpoint(tmp_path):
+    bogus = tmp_path / "model.pt"
+    bogus.write_text("not a checkpoint\n")
+    line = run_error(["eval", bogus, "--data", tmp_path])
+    assert str(bogus) in line
+
+
+def test_eval_unknown_backend(tmp_path):
+    line = run_error(["eval", "/nonexistent.pt", "--data", tmp_path, "--backend", "tpu"])
+    assert "tpu" in line
+
+
+# ------------------------------------------------------------------ train
+
+
+def test_train_bad_split_line_names_file_and_line(tmp_path):
+    root = make_root(tmp_path, labels="0 0 1 1 2\n1 0 0\n2 1 x\n3 0 1\n")
+    line = run_error(train_args(tmp_path, root))
+    assert f"{root / 'label_train.txt'}:3" in line
+    assert "not an integer" in line
+
+
+def test_train_value_out_of_range(tmp_path):
+    root = make_root(tmp_path, labels="0 0 1\n1 1 3\n")
+    line = run_error(train_args(tmp_path, root))
+    assert f"{root / 'label_train.txt'}:2" in line
+    assert "sleeve" in line
+
+
+def test_train_missing_images(tmp_path):
+    root = make_root(tmp_path, labels="0 0 1\n1 0 0\n")
+    (root / "train" / "1.png").unlink()
+    (root / "train" / "3.png").unlink()
+    line = run_error(train_args(tmp_path, root))
+    assert "2 image files missing" in line
+    assert str(root / "train" / "1.png") in line
+
+
+def test_train_missing_data_root(tmp_path):
+    line = run_error(train_args(tmp_path, tmp_path / "nowhere"))
+    assert str(tmp_path / "nowhere") in line
+
+
+def test_train_unknown_config(tmp_path):
+    root = make_root(tmp_path, labels="0 0 1\n")
+    line = run_error(["train", "--data", root, "-c", "nosuchconfig", "--out", tmp_path / "run"])
+    assert "nosuchconfig" in line
+    assert "FashionAI" in line and "small" in line  # lists the packaged configs
+
+
+def test_train_unknown_key_in_config_file(tmp_path):
+    root = make_root(tmp_path, labels="0 0 1\n")
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("model:\n  backbon: resnet18\n")
+    line = run_error(train_args(tmp_path, root, "-c", bad))
+    assert "model.backbon" in line and str(bad) in line
+
+
+def test_train_set_unknown_key(tmp_path):
+    root = make_root(tmp_path, labels="0 0 1\n")
+    line = run_error(train_args(tmp_path, root, "--set", "model.nope=1"))
+    assert "model.nope" in line
+
+
+def test_train_set_wrong_type(tmp_path):
+    root = make_root(tmp_path, labels="0 0 1\n")
+    line = run_error(train_args(tmp_path, root, "--set", "train.batch_size=big"))
+    assert "train.batch_size" in line
+
+
+def test_train_resume_without_run(tmp_path):
+    root = make_root(tmp_path, labels="0 0 1\n")
+    line = run_error(train_args(tmp_path, root, "--resume"))
+    assert "last.pt" in line
+
+
+# ------------------------------------------------------------------ data synth
+
+
+@pytest.mark.parametrize(
+    "attributes, word",
+    [
+        ("3,x,4", "comma-separated integers"),
+        ("3,,4", "comma-separated integers"),
+        ("1,3", "attr0"),  # one value cannot be an attribute
+        ("3,99", "attr1"),
+        (",".join(["3"] * 20), "attributes"),
+    ],
+)
+def test_synth_bad_attributes(tmp_path, attributes, word):
+    out = tmp_path / "synth"
+    line = run_error(
+        ["data", "synth", out, "--train", "10", "--eval", "5", "--attributes", attributes]
+    )
+    assert word in line
+    assert not (out / "label_train.txt").exists()
+
+
+def test_synth_too_few_images(tmp_path):
+    line = run_error(["data", "synth", tmp_path / "s", "--train", "2"])
+    assert "n_train" in line
+
+
+def test_train_stage_out_of_range(tmp_path):
+    root = make_root(tmp_path, labels="0 0 1\n")
+    line = run_error(train_args(tmp_path, root, "--stage", "3"))
+    assert "stage" in line
+
+
+def test_error_text_is_not_read_as_markup(tmp_path):
+    """A message quoting user text with square brackets prints as it is."""
+    root = make_root(tmp_path, labels="0 0 1\n1 [/x] [bold]1\n")
+    line = run_error(train_args(tmp_path, root))
+    assert f"{root / 'label_train.txt'}:2" in line
+    assert "[/x] [bold]1" in line
