@@ -199,7 +199,15 @@ def train_cmd(
     )
 
 
-def _open_encoder(backend: str, model: str, device: str, batch_size: int, url: str | None = None):
+def _open_encoder(
+    backend: str,
+    model: str,
+    device: str,
+    batch_size: int,
+    url: str | None = None,
+    protocol: str = "grpc",
+    send_bytes: bool = False,
+):
     """The Encoder for a backend name (DESIGN contract 4)."""
     if backend == "torch":
         from asen.encoders import TorchEncoder
@@ -211,6 +219,14 @@ def _open_encoder(backend: str, model: str, device: str, batch_size: int, url: s
         encoder = open_encoder(backend, model, device, batch_size)
         err.print(encoder.describe(), highlight=False)
         return encoder
+    if backend == "triton":
+        from client.triton import TritonEncoder
+
+        encoder = TritonEncoder(url, model, protocol, send_bytes, batch_size)
+        err.print(encoder.describe(), highlight=False)
+        return encoder
+    if send_bytes:
+        raise AsenError("--send-bytes applies to --backend triton")
     raise AsenError(f"--backend {backend}: unknown backend (valid: torch, onnx, trt, triton)")
 
 
@@ -233,11 +249,26 @@ def _print_map_table(results: list) -> None:
 
 
 ModelArg = Annotated[
-    str, typer.Argument(help="Checkpoint (torch), model repository or artifact (onnx, trt).")
+    str,
+    typer.Argument(
+        help="Checkpoint (torch), model repository or artifact (onnx, trt), "
+        "served model name (triton, e.g. asen)."
+    ),
 ]
 Backend = Annotated[str, typer.Option(help="torch, onnx, trt or triton.")]
 Split = Annotated[str, typer.Option(help="valid or test.")]
 BatchSize = Annotated[int, typer.Option(help="Images per encoder call.")]
+Url = Annotated[
+    str | None,
+    typer.Option(help="Triton server HOST:PORT (default 127.0.0.1:8001 gRPC, :8000 HTTP)."),
+]
+Protocol = Annotated[str, typer.Option(help="Triton protocol: grpc or http.")]
+SendBytes = Annotated[
+    bool,
+    typer.Option(
+        "--send-bytes", help="Triton: send encoded image files through the ensemble, not tensors."
+    ),
+]
 
 
 def _dataset(data: Path, encoder):
@@ -260,11 +291,14 @@ def eval_cmd(
     batch_size: BatchSize = 64,
     workers: Workers = 2,
     skip_bad_images: SkipBad = False,
+    url: Url = None,
+    protocol: Protocol = "grpc",
+    send_bytes: SendBytes = False,
 ) -> None:
     """Per-attribute and overall mAP (the paper's protocol) through any backend."""
     from asen.evaluate import evaluate, num_pairs
 
-    encoder = _open_encoder(backend, model, device, batch_size)
+    encoder = _open_encoder(backend, model, device, batch_size, url, protocol, send_bytes)
     dataset = _dataset(data, encoder)
     with _progress() as progress:
         task = progress.add_task(
@@ -302,11 +336,14 @@ def embed_cmd(
     batch_size: BatchSize = 64,
     workers: Workers = 2,
     skip_bad_images: SkipBad = False,
+    url: Url = None,
+    protocol: Protocol = "grpc",
+    send_bytes: SendBytes = False,
 ) -> None:
     """Embed every query and candidate entry of a split into an .npz file."""
     from asen.evaluate import embed_split, num_pairs
 
-    encoder = _open_encoder(backend, model, device, batch_size)
+    encoder = _open_encoder(backend, model, device, batch_size, url, protocol, send_bytes)
     dataset = _dataset(data, encoder)
     with _progress() as progress:
         task = progress.add_task(
@@ -355,6 +392,40 @@ def export_cmd(
 
     for path in export_model(checkpoint, repo, name, trt, fp16, max_batch, report):
         report(f"wrote {path}")
+
+
+@app.command("serve")
+@_errors
+def serve_cmd(
+    repo: Annotated[Path, typer.Option(help="Model repository (written by `asen export`).")] = Path(
+        "triton_models"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP/REST port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    log_file: Annotated[
+        Path | None, typer.Option(help="Server log (default: tritonserver.log in --repo).")
+    ] = None,
+) -> None:
+    """Serve the model repository with a real tritonserver until Ctrl-C (model control off)."""
+    from client.server import find_server, launch, serve_until_stopped
+
+    binary = find_server()
+    kind = "bundled in nvidia-pytriton" if binary.bundled else "on PATH"
+    console.print(f"tritonserver ({kind}): {binary.path}", highlight=False)
+    with console.status("starting tritonserver"):
+        handle = launch(repo, host, http_port, grpc_port, metrics_port, log_file)
+    for choice in handle.choices:
+        console.print(f"  {choice.model:<24} {choice.how}", markup=False, highlight=False)
+    console.print(
+        f"HTTP {handle.http_url}  gRPC {handle.grpc_url}  metrics {handle.metrics_url}\n"
+        f"ready: {', '.join(handle.models)}\nlog: {handle.log_file} (pid {handle.process.pid})"
+        "\nCtrl-C to stop",
+        highlight=False,
+    )
+    serve_until_stopped(handle)
+    console.print("tritonserver stopped")
 
 
 def main() -> None:

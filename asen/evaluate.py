@@ -91,7 +91,11 @@ def embed_entries(
     skip_bad: bool = False,
     progress: Progress | None = None,
 ):
-    """Embeddings [N, D] of (image, attribute) entries, and a mask of those decoded."""
+    """Embeddings [N, D] of (image, attribute) entries, and a mask of those decoded. An
+    encoder that decodes files itself (`send_bytes`, e.g. Triton's ensemble) gets the files."""
+    if getattr(encoder, "send_bytes", False):
+        paths = [files[i] for i in image_ids]
+        return encoder.encode_files(paths, attributes, skip_bad, progress)
     data = EntryImages(files, image_ids, attributes, encoder.info.source_size, skip_bad)
     out = np.zeros((len(image_ids), encoder.info.dim), dtype=np.float32)
     ok = np.zeros(len(image_ids), dtype=bool)

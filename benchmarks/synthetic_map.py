@@ -1,0 +1,90 @@
+"""The issue's headline figures: test mAP on the default synthetic dataset for random
+weights, stage 1 (a time budget) and stage 2 (another budget, from stage 1), per attribute.
+
+Prints one JSON object. Takes about 2 x budget minutes plus data generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from asen.config import load_config
+from asen.data.splits import open_dataset
+from asen.data.synthetic import generate
+from asen.encoders import ModelInfo, TorchEncoder
+from asen.evaluate import evaluate
+from asen.model.asen import ASENPP
+from asen.train import train
+
+
+def figures(result) -> dict:
+    return {
+        "overall_map": round(result.overall_map, 4),
+        "per_attribute": {k: round(v, 4) for k, v in result.per_attribute.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--budget", type=float, default=10.0, help="minutes per stage")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    root = args.work / f"synthetic-{args.seed}"
+    if not (root / "dataset.yaml").is_file():
+        generate(root, seed=args.seed)
+    dataset = open_dataset(root)
+    out: dict = {
+        "benchmark": "synthetic_map",
+        "dataset": str(root),
+        "budget_min": args.budget,
+        "threads": torch.get_num_threads(),
+    }
+
+    cfg = load_config(["stage1", "small"])
+    torch.manual_seed(cfg.train.seed)
+    model = ASENPP(cfg.model, len(dataset.attributes), 1).eval()
+    info = ModelInfo(
+        dataset.attributes, cfg.model.source_size, model.embedding_dim, cfg.model.beta, 1
+    )
+    encoder = TorchEncoder(model, info, torch.device("cpu"), cfg.train.eval_batch_size)
+    out["random"] = figures(evaluate(encoder, dataset, "test", cfg.train.eval_batch_size))
+
+    for stage in (1, 2):
+        run = args.work / f"stage{stage}-{args.seed}"
+        cfg = load_config([f"stage{stage}", "small"])
+        t0 = time.monotonic()
+        init = args.work / f"stage1-{args.seed}" / "best.pt" if stage == 2 else None
+        result = train(
+            cfg,
+            root,
+            stage,
+            run,
+            init=init,
+            time_budget_min=args.budget,
+            resume=(run / "last.pt").exists(),
+        )
+        encoder = TorchEncoder.from_checkpoint(run / "best.pt", "cpu", cfg.train.eval_batch_size)
+        out[f"stage{stage}"] = {
+            **figures(evaluate(encoder, dataset, "test", cfg.train.eval_batch_size)),
+            "train_minutes": round((time.monotonic() - t0) / 60, 2),
+            "epochs": len(result.records),
+            "best_val_map": round(result.best_val_map, 4),
+            "triplets": sum(r["triplets"] for r in result.records),
+        }
+    out["stage1_minus_random"] = round(
+        out["stage1"]["overall_map"] - out["random"]["overall_map"], 4
+    )
+    out["stage2_minus_stage1"] = round(
+        out["stage2"]["overall_map"] - out["stage1"]["overall_map"], 4
+    )
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
