@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -59,11 +60,13 @@ def main() -> None:
     parser.add_argument("--paper-steps", type=int, default=3, help="timed steps (paper size)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    result = {"benchmark": "train", "device": args.device, "threads": torch.get_num_threads()}
+    result = {"benchmark": "train", "device": args.device, "threads": torch.get_num_threads(),
+              "load_avg_before": os.getloadavg()[0]}
     for name, configs in SIZES.items():
         steps = args.steps if name == "synthetic" else args.paper_steps
         for stage in (1, 2):
             result[f"{name}_stage{stage}"] = step_times(configs, stage, steps, args.device)
+    result["load_avg_after"] = os.getloadavg()[0]
     print(json.dumps(result))
 
 
