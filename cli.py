@@ -45,6 +45,8 @@ def _errors(fn):
 
 
 def _progress() -> Progress:
+    from asen.distributed import is_main
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -52,7 +54,7 @@ def _progress() -> Progress:
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         console=console,
-        disable=not console.is_terminal,
+        disable=not console.is_terminal or not is_main(),
     )
 
 
@@ -71,6 +73,12 @@ Workers = Annotated[int, typer.Option(help="DataLoader workers decoding images."
 SkipBad = Annotated[
     bool,
     typer.Option("--skip-bad-images", help="Skip and count undecodable images instead of failing."),
+]
+DistTimeout = Annotated[
+    float,
+    typer.Option(
+        help="Under torchrun: seconds a process waits for the others before failing the run."
+    ),
 ]
 
 
@@ -137,9 +145,12 @@ def train_cmd(
         int | None, typer.Option(help="DataLoader workers (default: config data.workers).")
     ] = None,
     skip_bad_images: SkipBad = False,
+    dist_timeout: DistTimeout = 600.0,
 ) -> None:
-    """Train ASEN++ (stage 1 or 2) with the reference's triplets, losses and schedules."""
+    """Train ASEN++ (stage 1 or 2) with the reference's triplets, losses and schedules.
+    Runs unchanged under torchrun: one process a GPU, gradients averaged over them."""
     from asen.config import load_config
+    from asen.distributed import is_main, process_group
     from asen.train import TrainCallbacks, train
 
     overrides = list(set_ or [])
@@ -154,7 +165,7 @@ def train_cmd(
     cfg = load_config(
         [f"stage{stage}", *(config or [])] if stage in (1, 2) else list(config or []), overrides
     )
-    with _progress() as progress:
+    with process_group(device, dist_timeout), _progress() as progress:
         task = {"id": None}
 
         def epoch_start(epoch: int, first: int, total: int) -> None:
@@ -192,8 +203,17 @@ def train_cmd(
             time_budget,
             device,
             resume,
-            TrainCallbacks(epoch_start, step, eval_start, eval_progress, epoch_end),
+            TrainCallbacks(
+                epoch_start,
+                step,
+                eval_start,
+                eval_progress,
+                epoch_end,
+                lambda line: console.print(line, markup=False, highlight=False),
+            ),
         )
+        if not is_main():
+            return
     console.print(
         f"best val mAP {result.best_val_map:.4f}; checkpoints in {out} (best.pt, last.pt)"
     )
@@ -294,25 +314,30 @@ def eval_cmd(
     url: Url = None,
     protocol: Protocol = "grpc",
     send_bytes: SendBytes = False,
+    dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Per-attribute and overall mAP (the paper's protocol) through any backend."""
+    from asen.distributed import is_main, process_group
     from asen.evaluate import evaluate, num_pairs
 
-    encoder = _open_encoder(backend, model, device, batch_size, url, protocol, send_bytes)
-    dataset = _dataset(data, encoder)
-    with _progress() as progress:
-        task = progress.add_task(
-            f"encoding {split} ({backend})", total=num_pairs(dataset, split), info=""
-        )
-        result = evaluate(
-            encoder,
-            dataset,
-            split,
-            batch_size,
-            workers,
-            skip_bad_images,
-            lambda n: progress.advance(task, n),
-        )
+    with process_group(device, dist_timeout):
+        encoder = _open_encoder(backend, model, device, batch_size, url, protocol, send_bytes)
+        dataset = _dataset(data, encoder)
+        with _progress() as progress:
+            task = progress.add_task(
+                f"encoding {split} ({backend})", total=num_pairs(dataset, split), info=""
+            )
+            result = evaluate(
+                encoder,
+                dataset,
+                split,
+                batch_size,
+                workers,
+                skip_bad_images,
+                lambda n: progress.advance(task, n),
+            )
+        if not is_main():
+            return
     _print_map_table([result])
     if result.skipped:
         console.print(
@@ -339,25 +364,30 @@ def embed_cmd(
     url: Url = None,
     protocol: Protocol = "grpc",
     send_bytes: SendBytes = False,
+    dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Embed every query and candidate entry of a split into an .npz file."""
+    from asen.distributed import is_main, process_group
     from asen.evaluate import embed_split, num_pairs
 
-    encoder = _open_encoder(backend, model, device, batch_size, url, protocol, send_bytes)
-    dataset = _dataset(data, encoder)
-    with _progress() as progress:
-        task = progress.add_task(
-            f"encoding {split} ({backend})", total=num_pairs(dataset, split), info=""
-        )
-        embedded = embed_split(
-            encoder,
-            dataset,
-            split,
-            batch_size,
-            workers,
-            skip_bad_images,
-            lambda n: progress.advance(task, n),
-        )
+    with process_group(device, dist_timeout):
+        encoder = _open_encoder(backend, model, device, batch_size, url, protocol, send_bytes)
+        dataset = _dataset(data, encoder)
+        with _progress() as progress:
+            task = progress.add_task(
+                f"encoding {split} ({backend})", total=num_pairs(dataset, split), info=""
+            )
+            embedded = embed_split(
+                encoder,
+                dataset,
+                split,
+                batch_size,
+                workers,
+                skip_bad_images,
+                lambda n: progress.advance(task, n),
+            )
+        if not is_main():
+            return
     embedded.save(out, dataset.names)
     console.print(
         f"wrote {out}: {len(embedded.embeddings)} embeddings of dim {embedded.embeddings.shape[1]}"
@@ -426,6 +456,145 @@ def serve_cmd(
     )
     serve_until_stopped(handle)
     console.print("tritonserver stopped")
+
+
+@app.command("index")
+@_errors
+def index_cmd(
+    gallery: Annotated[
+        Path, typer.Argument(help="Embeddings .npz written by `asen embed` (any backend).")
+    ],
+    out: Annotated[Path, typer.Option(help="Index folder (an index already there is replaced).")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Dataset root the .npz paths are relative to (for images)."),
+    ] = None,
+    ivf: Annotated[
+        bool,
+        typer.Option(
+            "--ivf", help="Approximate IVF index (nlist ~ sqrt(N)): exact search reads every item."
+        ),
+    ] = False,
+    nprobe: Annotated[int, typer.Option(help="IVF lists searched per query.")] = 16,
+    include_queries: Annotated[
+        bool,
+        typer.Option("--include-queries", help="Also index the split's queries (default: not)."),
+    ] = False,
+) -> None:
+    """Build one FAISS inner-product index per attribute from an embeddings file."""
+    from asen.search import SearchIndex, load_embeddings
+
+    with console.status(f"indexing {gallery}"):
+        embedded, names = load_embeddings(gallery)
+        index = SearchIndex.build(
+            embedded, names, ivf, include_queries, nprobe, data, str(gallery.resolve())
+        )
+        index.save(out)
+    counts = ", ".join(f"{n} {c}" for n, c in zip(names, index.manifest["counts"], strict=True))
+    console.print(
+        f"wrote {out}: {index.manifest['kind']} index of dim {index.dim}; entries: {counts}",
+        highlight=False,
+    )
+
+
+@app.command("search")
+@_errors
+def search_cmd(
+    image: Annotated[Path, typer.Argument(help="Query image file.")],
+    attr: Annotated[str, typer.Option("--attr", help="Attribute to match on (name or number).")],
+    index: Annotated[Path, typer.Option("--index", help="Index folder (`asen index`).")],
+    backend: Backend = "torch",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Checkpoint (torch), model repository or artifact (onnx, trt), "
+            "served model name (triton; default asen)."
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(help="Number of results.")] = 10,
+    html: Annotated[
+        Path | None,
+        typer.Option(help="Write a results page; its images go to OUT_files/ (replaced)."),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint for the page's attention map when --backend is not torch."),
+    ] = None,
+    nprobe: Annotated[
+        int | None, typer.Option(help="IVF lists searched (default: the index's).")
+    ] = None,
+    device: Device = "auto",
+    url: Url = None,
+    protocol: Protocol = "grpc",
+) -> None:
+    """Find the gallery items most similar to an image in one attribute."""
+    from dataclasses import asdict
+
+    from asen.search import SearchIndex, attribute_id, query
+
+    gallery = SearchIndex.load(index)
+    a = attribute_id(attr, gallery.names)
+    if model is None and backend != "triton":
+        raise AsenError(f"--model is required for --backend {backend}")
+    encoder = _open_encoder(backend, model or "asen", device, 1, url, protocol)
+    _, hits = query(encoder, gallery, image, a, top, nprobe)
+    table = Table(title=f"{image.name}: same {gallery.names[a]} ({backend})")
+    for column in ("#", "score", "value", "path"):
+        table.add_column(column, justify="right" if column != "path" else "left")
+    for h in hits:
+        table.add_row(str(h.rank), f"{h.score:.4f}", str(h.value), h.path)
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps([asdict(h) for h in hits], indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+    if html:
+        from asen.checkpoint import load_model
+        from asen.visualize import explain, write_search_page
+
+        note = ""
+        net = encoder.model if backend == "torch" else None
+        if net is None and checkpoint is not None:
+            net, _ = load_model(checkpoint)
+        if net is None:
+            note = f"No attention map: --backend {backend} has no PyTorch model; pass --checkpoint."
+        explanation = explain(net, image, [a]) if net is not None else None
+        html.parent.mkdir(parents=True, exist_ok=True)
+        count, kind = gallery.manifest["counts"][a], gallery.manifest["kind"]
+        subtitle = f"{backend}: {model or 'asen'} · index {index} ({kind}, {count} items)"
+        write_search_page(html, image, a, hits, gallery, explanation, subtitle, note)
+        console.print(f"wrote {html}")
+
+
+@app.command("explain")
+@_errors
+def explain_cmd(
+    image: Annotated[Path, typer.Argument(help="Image file.")],
+    model: Annotated[Path, typer.Option(help="Checkpoint (e.g. runs/stage2/best.pt).")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    attr: Annotated[
+        str, typer.Option("--attr", help="Attribute name(s), comma-separated, or all.")
+    ] = "all",
+    device: Device = "auto",
+) -> None:
+    """Attention heatmap and local-branch crop box per attribute, in one figure."""
+    from asen.checkpoint import load_model
+    from asen.encoders import resolve_device
+    from asen.search import attribute_id
+    from asen.visualize import explain, explain_figure
+
+    net, ckpt = load_model(model, resolve_device(device))
+    names = [a["name"] for a in ckpt["attributes"]]
+    ids = (
+        list(range(len(names)))
+        if attr == "all"
+        else [attribute_id(n.strip(), names) for n in attr.split(",")]
+    )
+    width, height = explain_figure(explain(net, image, ids), names, out)
+    console.print(f"wrote {out} ({width}x{height})")
 
 
 def main() -> None:

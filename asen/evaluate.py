@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asen import AsenError
+from asen import AsenError, distributed
 from asen.data.datasets import EntryImages, batches, make_loader
 from asen.data.splits import SplitDataset
 from asen.encoders import Encoder
@@ -119,16 +119,19 @@ def embed_split(
     skip_bad: bool = False,
     progress: Progress | None = None,
 ) -> EmbeddedSplit:
-    """Embed every query and candidate entry of an evaluation split."""
+    """Embed every query and candidate entry of an evaluation split. Under torchrun each
+    process encodes its share of the entries and every process gets them all."""
     _check_compatible(encoder, dataset)
     entries = dataset.eval_entries(split)
     rows = np.concatenate([entries.queries, entries.candidates])
     is_query = np.arange(len(rows)) < len(entries.queries)
     # an (image, attribute) pair is encoded once even if it is listed twice
     pairs, inverse = np.unique(rows[:, :2], axis=0, return_inverse=True)
+    mine = pairs[distributed.shard(len(pairs))]
     emb, ok = embed_entries(
-        encoder, entries.files, pairs[:, 0], pairs[:, 1], batch_size, workers, skip_bad, progress
+        encoder, entries.files, mine[:, 0], mine[:, 1], batch_size, workers, skip_bad, progress
     )
+    emb, ok = distributed.all_gather_array(emb), distributed.all_gather_array(ok)
     keep = ok[inverse.reshape(-1)]
     rows, is_query = rows[keep], is_query[keep]
     return EmbeddedSplit(
@@ -143,10 +146,12 @@ def embed_split(
 
 
 def num_pairs(dataset: SplitDataset, split: str) -> int:
-    """How many (image, attribute) pairs `embed_split` encodes (for progress bars)."""
+    """How many (image, attribute) pairs `embed_split` encodes in this process (for
+    progress bars)."""
     entries = dataset.eval_entries(split)
     rows = np.concatenate([entries.queries, entries.candidates])[:, :2]
-    return len(np.unique(rows, axis=0))
+    n = len(np.unique(rows, axis=0))
+    return len(range(n)[distributed.shard(n)])
 
 
 def score(embedded: EmbeddedSplit, names: list[str], backend: str, split: str) -> EvalResult:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from asen import AsenError
+from asen import AsenError, distributed
 from asen.checkpoint import atomic_save, checkpoint_attributes, load_checkpoint, make_checkpoint
 from asen.config import Config, config_from_dict
 from asen.data.datasets import TripletImages, TripletSampler, batches, make_loader
@@ -21,7 +21,7 @@ from asen.data.splits import open_dataset
 from asen.encoders import ModelInfo, TorchEncoder, resolve_device
 from asen.evaluate import evaluate, num_pairs
 from asen.losses import alignment_loss, triplet_loss
-from asen.model.asen import ASENPP
+from asen.model.asen import ASENPP, BranchOutputs
 
 
 @dataclass
@@ -41,6 +41,28 @@ class TrainResult:
     run_dir: Path
     records: list[dict] = field(default_factory=list)
     best_val_map: float = -1.0
+
+
+class _Branches(torch.nn.Module):
+    """`model.branches` as a forward, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: ASENPP):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, attribute: torch.Tensor) -> BranchOutputs:
+        return self.model.branches(image, attribute)
+
+
+def _plot_curves(metrics_path: Path, cb: TrainCallbacks) -> None:
+    """Redraw curves.png beside metrics.jsonl; a plotting failure never stops training."""
+    try:
+        from asen.visualize import plot_training
+
+        plot_training(metrics_path)
+    except Exception as e:  # noqa: BLE001 - any plotting error is reported, not raised
+        if cb.message:
+            cb.message(f"could not draw {metrics_path.with_name('curves.png')}: {e}")
 
 
 def _param_groups(model: ASENPP, cfg: Config, stage: int) -> list[dict]:
@@ -87,8 +109,14 @@ def train(
     callbacks: TrainCallbacks | None = None,
 ) -> TrainResult:
     """Train `stage` (1 or 2) on a split-format dataset; write checkpoints and metrics
-    to `run_dir`. Returns the per-epoch records."""
-    cb = callbacks or TrainCallbacks()
+    to `run_dir`. Returns the per-epoch records.
+
+    Under torchrun (inside `distributed.process_group()`), each of the W processes trains
+    on batch_size / W of every step's triplets with DistributedDataParallel; rank 0 alone
+    reports progress and writes files."""
+    world, rank = distributed.world_size(), distributed.rank()
+    main = rank == 0
+    cb = (callbacks if main else None) or TrainCallbacks()
     run_dir = Path(run_dir)
     last_path, best_path, metrics_path = (
         run_dir / "last.pt",
@@ -116,6 +144,16 @@ def train(
         epochs = cfg.train.epochs
         cfg = config_from_dict(state["config"])
         cfg.train.epochs = epochs
+    for key, value in (
+        ("batch_size", cfg.train.batch_size),
+        ("triplets_per_epoch", cfg.train.triplets_per_epoch),
+    ):
+        if value % world:
+            raise AsenError(
+                f"train.{key} ({value}) must be divisible by the number of processes ({world}): "
+                "each process takes an equal share, so that a step and an epoch see as many "
+                "triplets as in one process"
+            )
     dataset = open_dataset(data_root, cfg.data.attributes or None)
     labels = dataset.train_labels()
     files = dataset.files("train")
@@ -138,7 +176,9 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         epoch, start_step, best = state["epoch"], state["step"], state["best_val_map"]
         torch.set_rng_state(state["torch_rng"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    forward = model.branches if world == 1 else distributed.data_parallel(_Branches(model))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     info = ModelInfo(
         dataset.attributes, cfg.model.source_size, model.embedding_dim, cfg.model.beta, stage
@@ -147,16 +187,22 @@ def train(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
     bs, per_epoch = cfg.train.batch_size, cfg.train.triplets_per_epoch
     steps_per_epoch = math.ceil(per_epoch / bs)
+    rank_bs = bs // world  # this process's share of each step
+    if world > 1 and cb.message:
+        cb.message(f"{world} processes ({distributed.backend()}): {rank_bs} triplets a step each")
     result = TrainResult(run_dir, best_val_map=best)
     started = time.monotonic()
     stop = False
     while epoch < cfg.train.epochs and not stop:
-        triplets = sampler.epoch(epoch, per_epoch)
+        triplets = sampler.epoch(epoch, per_epoch // world, rank)
         loader = make_loader(
             TripletImages(
-                files, triplets[start_step * bs :], cfg.model.source_size, cfg.data.skip_bad_images
+                files,
+                triplets[start_step * rank_bs :],
+                cfg.model.source_size,
+                cfg.data.skip_bad_images,
             ),
-            bs,
+            rank_bs,
             cfg.data.workers,
         )
         if cb.epoch_start:
@@ -171,6 +217,8 @@ def train(
             images, attrs = images[ok], attrs[ok]
             n = len(attrs)
             step += 1
+            if world > 1 and cfg.data.skip_bad_images and distributed.any_rank(n == 0):
+                n = 0  # DDP steps all ranks together: a batch empty on one rank is skipped by all
             if n:
                 x = (
                     images.transpose(0, 1)
@@ -179,7 +227,7 @@ def train(
                 )
                 a = attrs.repeat(3).to(dev, non_blocking=True)
                 with autocast:
-                    out = model.branches(x, a)
+                    out = forward(x, a)
                 g = out.global_embedding.float().view(3, n, -1)
                 losses = {"loss_global": triplet_loss(g[0], g[1], g[2], cfg.train.margin)}
                 loss = losses["loss_global"]
@@ -204,10 +252,16 @@ def train(
             tps = seen / max(time.monotonic() - epoch_t0, 1e-9)
             if cb.step:
                 cb.step({"step": step, "loss": sums["loss"] / max(steps, 1), "triplets_per_s": tps})
-            if time_budget_min is not None and time.monotonic() - started >= time_budget_min * 60:
+            if time_budget_min is not None and distributed.any_rank(
+                time.monotonic() - started >= time_budget_min * 60
+            ):  # every rank stops after the same step
                 stop = True
                 break
         epoch_time = time.monotonic() - epoch_t0
+        if world > 1:  # the record counts every rank's triplets and averages their losses
+            seen, skipped, *loss_sums = distributed.all_sum([seen, skipped, *sums.values()])
+            seen, skipped = round(seen), round(skipped)
+            sums = {k: v / world for k, v in zip(sums, loss_sums, strict=True)}
         partial = step < steps_per_epoch
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
         if partial:
@@ -217,6 +271,7 @@ def train(
             epoch, start_step = epoch + 1, 0
         if cb.eval_start:
             cb.eval_start(val_pairs)
+        distributed.sync_buffers(model)  # all ranks validate (a share each) rank 0's model
         val = evaluate(
             encoder,
             dataset,
@@ -245,24 +300,26 @@ def train(
             "elapsed_s": time.monotonic() - started,
         }
         result.records.append(record)
-        with metrics_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        ckpt = make_checkpoint(
-            model,
-            cfg,
-            dataset.attributes,
-            epoch=epoch,
-            step=start_step,
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            torch_rng=torch.get_rng_state(),
-            best_val_map=max(best, val.overall_map),
-            val_map=val.overall_map,
-        )
-        if val.overall_map > best:
-            best = val.overall_map
-            atomic_save(ckpt, best_path)
-        atomic_save(ckpt, last_path)
+        if main:  # rank 0 writes; the other ranks hold the same model and figures
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            _plot_curves(metrics_path, cb)
+            ckpt = make_checkpoint(
+                model,
+                cfg,
+                dataset.attributes,
+                epoch=epoch,
+                step=start_step,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                torch_rng=torch.get_rng_state(),
+                best_val_map=max(best, val.overall_map),
+                val_map=val.overall_map,
+            )
+            if val.overall_map > best:
+                atomic_save(ckpt, best_path)
+            atomic_save(ckpt, last_path)
+        best = max(best, val.overall_map)
         result.best_val_map = best
         if cb.epoch_end:
             cb.epoch_end(record)

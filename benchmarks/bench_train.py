@@ -60,8 +60,12 @@ def main() -> None:
     parser.add_argument("--paper-steps", type=int, default=3, help="timed steps (paper size)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    result = {"benchmark": "train", "device": args.device, "threads": torch.get_num_threads(),
-              "load_avg_before": os.getloadavg()[0]}
+    result = {
+        "benchmark": "train",
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "load_avg_before": os.getloadavg()[0],
+    }
     for name, configs in SIZES.items():
         steps = args.steps if name == "synthetic" else args.paper_steps
         for stage in (1, 2):

@@ -220,7 +220,10 @@ def write_repository(repo: str | Path, name: str = "asen", trt: bool = False) ->
         plan = encoder_config(trt_dir.name, "tensorrt", inputs, outputs, trt_params, trt_batch)
         written.append(write_config(trt_dir / CONFIG, plan))
         batch = min(max_batch, trt_batch)
-        trt_ensemble = ensemble_config(name, pre, trt_dir.name, inputs, outputs, params, batch)
+        batch_params = {**params, "max_batch": str(batch)}
+        trt_ensemble = ensemble_config(
+            name, pre, trt_dir.name, inputs, outputs, batch_params, batch
+        )
         written.append(write_config(repo / name / CONFIG, trt_ensemble))
         written.append(write_config(repo / name / variant, onnx_ensemble))
     else:

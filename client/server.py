@@ -1,0 +1,382 @@
+"""Finding, starting and stopping a real `tritonserver` on a model repository.
+
+The server is the one on PATH (NVIDIA's Triton container), else the one bundled in the
+`nvidia-pytriton` wheel (Python backend only; see DESIGN.md, "Serving with Triton"). The
+repository is served through a view in a private run folder: each model with the first of
+its configs (`config.pbtxt`, then `configs/*.pbtxt`) whose backend this server has, and the
+files of its version folders linked in. So `<name>_onnx` runs on the ONNX Runtime backend
+where there is one and otherwise as a Python-backend model running ONNX Runtime on the same
+`model.onnx`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asen
+from asen import AsenError
+from export.repository import BACKEND_OF, CONFIG, read_config
+
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+EXIT_TIMEOUT_S = 10  # tritonserver's own wait for in-flight requests at shutdown
+_FAILED = re.compile(r"failed to load '([^']+)' version \d+: (.*?)\"?$")
+
+
+@dataclass(frozen=True)
+class ServerBinary:
+    """A `tritonserver` executable, its backend folder, and whether it is the pytriton one."""
+
+    path: Path
+    backends: Path
+    bundled: bool
+
+    def backend_names(self) -> set[str]:
+        """The backends in its backend folder, and the built-in ensemble scheduler."""
+        if not self.backends.is_dir():
+            return {"ensemble"}
+        return {p.name for p in self.backends.iterdir() if p.is_dir()} | {"ensemble"}
+
+
+def find_server() -> ServerBinary:
+    """tritonserver on PATH (NVIDIA's container), else the one in the nvidia-pytriton wheel."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        binary = Path(on_path).resolve()
+        return ServerBinary(binary, binary.parent.parent / "backends", bundled=False)
+    spec = importlib.util.find_spec("pytriton")
+    root = Path(spec.origin).parent / "tritonserver" if spec and spec.origin else None
+    if root is None or not (root / "bin" / "tritonserver").is_file():
+        raise AsenError(
+            "no tritonserver found: run inside NVIDIA's Triton container "
+            "(nvcr.io/nvidia/tritonserver) or `pip install nvidia-pytriton`, which bundles one"
+        )
+    return ServerBinary(root / "bin" / "tritonserver", root / "backends", bundled=True)
+
+
+def _private_backends(server: ServerBinary, run_dir: Path) -> Path:
+    """The bundled Python backend plus the stub for this Python version, in the run folder."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = server.path.parent.parent / "python_backend_stubs" / version
+    stub = stub / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise AsenError(
+            f"the nvidia-pytriton wheel has no Python backend stub for Python {version}"
+        )
+    target = run_dir / "backends"
+    shutil.copytree(server.backends, target, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(stub, target / "python" / stub.name)
+    return target
+
+
+def _env(server: ServerBinary) -> dict[str, str]:
+    """This venv's Python first on PATH (the stub embeds the interpreter it finds there) and
+    asen importable; for the bundled server the libraries its stub and binary need."""
+    env = dict(os.environ)
+
+    def prepend(key: str, *paths: str) -> None:
+        env[key] = os.pathsep.join([*paths, *filter(None, [env.get(key)])])
+
+    prepend("PATH", str(Path(sys.executable).parent))
+    prepend("PYTHONPATH", str(Path(asen.__file__).resolve().parent.parent))
+    if server.bundled:
+        libs = server.path.parent.parent.parent.parent / "nvidia_pytriton.libs"
+        prepend("LD_LIBRARY_PATH", sysconfig.get_config_var("LIBDIR") or "", str(libs))
+    return env
+
+
+def check_ports(host: str, ports: dict[str, int]) -> None:
+    """Fail before starting anything when a port is taken."""
+    for flag, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                raise AsenError(
+                    f"{flag} {port}: cannot listen on {host}:{port} ({e.strerror})"
+                ) from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for tests and benchmarks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Choice:
+    """How one model of the repository is served, or why it is not (`config` None)."""
+
+    model: str
+    config: Path | None
+    how: str  # e.g. "onnxruntime backend", "ensemble: a -> b", or why it is not served
+
+
+def _configs(model_dir: Path) -> list[Path]:
+    return [model_dir / CONFIG, *sorted((model_dir / "configs").glob("*.pbtxt"))]
+
+
+def _backend(cfg) -> str:
+    return cfg.backend or BACKEND_OF.get(cfg.platform, cfg.platform)
+
+
+def plan_models(repo: Path, backends: set[str]) -> list[Choice]:
+    """Per model, the first config this server can run: its backend exists and, for an
+    ensemble, every step's model is served."""
+    if not repo.is_dir():
+        raise AsenError(f"{repo}: no such model repository (write one with `asen export`)")
+    dirs = sorted(p for p in repo.iterdir() if (p / CONFIG).is_file())
+    if not dirs:
+        raise AsenError(f"{repo}: no model configs in this repository (run `asen export`)")
+    options = {d.name: [(p, read_config(p)) for p in _configs(d) if p.is_file()] for d in dirs}
+    chosen: dict[str, Choice] = {}
+
+    def pick(name: str) -> Choice:
+        first = _backend(options[name][0][1])
+        for path, cfg in options[name]:
+            if cfg.platform == "ensemble":
+                steps = [s.model_name for s in cfg.ensemble_scheduling.step]
+                if all(s in chosen and chosen[s].config for s in steps):
+                    return Choice(name, path, "ensemble: " + " -> ".join(steps))
+            elif _backend(cfg) in backends:
+                how = f"{_backend(cfg)} backend"
+                if path.parent.name == "configs":
+                    runs = "ONNX Runtime inside the " if first == "onnxruntime" else ""
+                    how = (
+                        f"{runs}{how} ({path.relative_to(repo)}), "
+                        f"as this server has no {first} backend"
+                    )
+                return Choice(name, path, how)
+        if first == "ensemble":
+            return Choice(name, None, "not served: a model it runs is not served")
+        return Choice(name, None, f"not served: this server has no {first} backend")
+
+    for name in sorted(options, key=lambda n: options[n][0][1].platform == "ensemble"):
+        chosen[name] = pick(name)
+    return [chosen[d.name] for d in dirs]
+
+
+def build_view(repo: Path, choices: list[Choice], view: Path) -> Path:
+    """A repository of the served models: the chosen config, the version files linked."""
+    for c in choices:
+        if c.config is None:
+            continue
+        target = view / c.model
+        target.mkdir(parents=True)
+        shutil.copyfile(c.config, target / CONFIG)
+        for version in (repo / c.model).iterdir():
+            if version.is_dir() and version.name.isdigit():
+                (target / version.name).mkdir()  # real folder: __pycache__ lands in the view
+                for item in version.iterdir():
+                    if item.name != "__pycache__":
+                        (target / version.name / item.name).symlink_to(item.resolve())
+    return view
+
+
+def _load_failures(log: Path) -> list[str]:
+    """Triton's own 'failed to load' messages, one line each."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        m = _FAILED.search(line)
+        if m:
+            reason = m.group(2).split("\\n\\nAt:")[0]  # a Python traceback: its message
+            reason = " ".join(reason.replace("\\n", " ").split())
+            out.append(f"model {m.group(1)} failed to load: {reason}")
+    return out
+
+
+def _last_error(log: Path) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "rror" in ln]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+@dataclass
+class ServerHandle:
+    """A running tritonserver (its own process group) and what it serves."""
+
+    process: subprocess.Popen
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_file: Path
+    run_dir: Path
+    binary: ServerBinary
+    choices: list[Choice]
+    models: list[str] = field(default_factory=list)  # ready models
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def _get(self, path: str, data: bytes | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"http://{self.http_url}{path}", data=data)
+        try:
+            with urllib.request.urlopen(req, timeout=2) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, b""
+        except OSError:
+            return 0, b""
+
+    def index(self) -> list[dict]:
+        """The repository index: every model with its state (and reason when not ready)."""
+        status, body = self._get("/v2/repository/index", b"{}")
+        return json.loads(body) if status == 200 else []
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                failures = _load_failures(self.log_file)
+                reason = failures[0] if failures else _last_error(self.log_file)
+                raise AsenError(
+                    f"tritonserver exited (code {self.process.returncode}) while starting: "
+                    f"{reason or 'no reason logged'} (log: {self.log_file})"
+                )
+            if self._get("/v2/health/ready")[0] == 200:
+                self.models = sorted(m["name"] for m in self.index() if m.get("state") == "READY")
+                return
+            time.sleep(0.2)
+        raise AsenError(f"tritonserver not ready after {timeout:.0f} s (log: {self.log_file})")
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM the server, then SIGKILL its whole process group (the Python stubs too)."""
+        pgid = self.process.pid
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        self.process.wait()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def launch(
+    repo: str | Path = "triton_models",
+    host: str = "127.0.0.1",
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    log_file: str | Path | None = None,
+    timeout: float = READY_TIMEOUT_S,
+) -> ServerHandle:
+    """Start tritonserver on `repo` (model control off, bound to `host`, its output in
+    `log_file`, by default `<repo>/tritonserver.log`) and wait until it and all its models
+    are ready. The caller owns the handle: call `stop()`."""
+    repo = Path(repo).resolve()
+    binary = find_server()
+    choices = plan_models(repo, binary.backend_names())
+    if not any(c.config for c in choices):
+        raise AsenError(f"{repo}: this server can run none of its models")
+    check_ports(
+        host, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
+    )
+    log_file = Path(log_file or repo / "tritonserver.log").resolve()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="asen-serve-"))
+    try:
+        view = build_view(repo, choices, run_dir / "models")
+        backends = _private_backends(binary, run_dir) if binary.bundled else binary.backends
+        command = [
+            str(binary.path),
+            f"--model-repository={view}",
+            f"--backend-directory={backends}",
+            "--model-control-mode=none",
+            f"--http-address={host}",
+            f"--http-port={http_port}",
+            f"--grpc-address={host}",
+            f"--grpc-port={grpc_port}",
+            f"--metrics-address={host}",
+            f"--metrics-port={metrics_port}",
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+        ]
+        with open(log_file, "wb") as log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_env(binary),
+                start_new_session=True,  # own process group: stopped as one, no stray stubs
+            )
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    handle = ServerHandle(
+        process, host, http_port, grpc_port, metrics_port, log_file, run_dir, binary, choices
+    )
+    try:
+        handle.wait_ready(timeout)
+    except BaseException:
+        handle.stop()
+        raise
+    return handle
+
+
+@contextlib.contextmanager
+def start_server(repo: str | Path, **options) -> Iterator[ServerHandle]:
+    """`launch(repo, **options)` for the duration of a with-block; always stopped after."""
+    handle = launch(repo, **options)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def serve_until_stopped(handle: ServerHandle) -> None:
+    """Block until Ctrl-C or SIGTERM (then stop the server cleanly) or until the server exits
+    on its own (an error naming its log)."""
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        code = handle.process.wait()
+        raise AsenError(f"tritonserver exited unexpectedly (code {code}; log: {handle.log_file})")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        handle.stop()

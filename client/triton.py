@@ -1,0 +1,314 @@
+"""`TritonEncoder`: the Encoder protocol (DESIGN contract 4) over a Triton server.
+
+Tensors go to the encoder model (`<name>_trt` or `<name>_onnx`: the one the `<name>` ensemble
+runs); with `send_bytes`, encoded image files go through the ensemble, which decodes them on
+the server with the one preprocessing function. Work is split into batches of at most the
+model's max batch, a bounded number of requests is in flight, and a server that is briefly
+unavailable is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from google.protobuf.json_format import MessageToDict
+from tritonclient.utils import InferenceServerException
+
+from asen import AsenError
+from asen.data.images import BadImageError
+from asen.encoders import ModelInfo, check_inputs
+
+IMAGE, ATTRIBUTE, OUTPUT, BYTES_INPUT = "image", "attribute", "embedding", "image_bytes"
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+_TRANSIENT = ("StatusCode.UNAVAILABLE", "503")
+_BAD_IMAGE = re.compile(re.escape(BYTES_INPUT) + r"\[(\d+)\]: (.*)")
+
+
+def default_url(protocol: str) -> str:
+    return f"127.0.0.1:{DEFAULT_PORTS.get(protocol, 8001)}"
+
+
+class TritonEncoder:
+    """Embeds through a Triton server over gRPC (default) or HTTP."""
+
+    backend = "triton"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        model: str = "asen",
+        protocol: str = "grpc",
+        send_bytes: bool = False,
+        batch_size: int = 64,
+        in_flight: int = 4,
+        timeout_s: float = 60.0,
+        retries: int = 4,
+    ):
+        if protocol not in DEFAULT_PORTS:
+            raise AsenError(f"--protocol {protocol}: expected grpc or http")
+        self.url, self.protocol = url or default_url(protocol), protocol
+        self.send_bytes, self.timeout_s, self.retries = send_bytes, timeout_s, retries
+        self._local = threading.local()
+        self._clients: list = []
+        self._lock = threading.Lock()
+        try:
+            self._wait_live()
+            self.model, self.config = self._resolve(model)
+            self.info = ModelInfo.from_metadata(self.config["params"], f"Triton model {self.model}")
+            self.batch_size = max(1, min(batch_size, self.config["max_batch_size"]))
+            self.ensemble = model if send_bytes else None
+            if send_bytes:
+                ensemble = self._model_config(model)
+                if ensemble.get("platform") != "ensemble":
+                    raise AsenError(f"--send-bytes: Triton model {model} is not the bytes ensemble")
+                self.batch_size = min(self.batch_size, ensemble["max_batch_size"])
+        except BaseException:
+            self.close()
+            raise
+        self._pool = ThreadPoolExecutor(max(1, in_flight), thread_name_prefix="triton")
+
+    # connection --------------------------------------------------------------------------
+    def _client(self):
+        """gRPC clients are thread-safe (one shared); HTTP ones are per thread."""
+        if self.protocol == "grpc" and self._clients:
+            return self._clients[0]
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "grpc":
+                client = grpcclient.InferenceServerClient(self.url)
+            else:
+                client = httpclient.InferenceServerClient(
+                    self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+                )
+            with self._lock:
+                self._clients.append(client)
+            self._local.client = client
+        return client
+
+    def close(self) -> None:
+        """Release the worker threads and connections (an open HTTP connection delays the
+        server's shutdown)."""
+        if hasattr(self, "_pool"):
+            self._pool.shutdown(wait=True)
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+
+    def __enter__(self) -> TritonEncoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _retrying(self, call: Callable, what: str = ""):
+        """`call()`, retried with backoff while the server is unavailable; `what` ends the
+        error message."""
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except InferenceServerException as e:
+                transient, reason = str(e.status()) in _TRANSIENT, e.message() or str(e)
+                if not transient:
+                    raise
+            except TimeoutError:
+                raise AsenError(
+                    f"Triton at {self.url}: no answer within {self.timeout_s:.0f} s{what}"
+                ) from None
+            except OSError as e:  # HTTP: refused or reset connection
+                reason = e.strerror or str(e) or type(e).__name__
+            if attempt < self.retries:
+                time.sleep(0.2 * 2**attempt)
+        raise AsenError(
+            f"Triton at {self.url} ({self.protocol}) is unreachable{what} after "
+            f"{self.retries + 1} tries: {reason.splitlines()[0]}"
+        )
+
+    def _wait_live(self) -> None:
+        def live() -> bool:
+            if not self._client().is_server_live():
+                raise InferenceServerException("server not live", status="503")
+            return True
+
+        self._retrying(live, " (is `asen serve` running?)")
+
+    def _model_config(self, name: str) -> dict:
+        client = self._client()
+        try:
+            if not self._retrying(lambda: client.is_model_ready(name)):
+                raise AsenError(f"Triton at {self.url}: model {name} is not ready")
+            config = self._retrying(lambda: client.get_model_config(name))
+        except InferenceServerException as e:
+            raise AsenError(f"Triton at {self.url}: model {name}: {e.message()}") from None
+        if self.protocol == "grpc":
+            config = MessageToDict(config.config, preserving_proto_field_name=True)
+        config["max_batch_size"] = int(config.get("max_batch_size", 0))
+        config["params"] = {
+            k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()
+        }
+        return config
+
+    def _resolve(self, name: str) -> tuple[str, dict]:
+        """The tensor model for `name`: the encoder its ensemble runs, or `name` itself."""
+        config = self._model_config(name)
+        if config.get("platform") == "ensemble":
+            name = config["ensemble_scheduling"]["step"][-1]["model_name"]
+            config = self._model_config(name)
+        if not any(t["name"] == IMAGE for t in config.get("input", [])):
+            raise AsenError(f"Triton model {name} is not an asen encoder (no `{IMAGE}` input)")
+        return name, config
+
+    def describe(self) -> str:
+        via = f"{self.ensemble} (image bytes)" if self.send_bytes else self.model
+        return f"Triton at {self.url} over {self.protocol}: {via}, batches of {self.batch_size}"
+
+    # inference -----------------------------------------------------------------------------
+    def _infer(self, model: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        module = grpcclient if self.protocol == "grpc" else httpclient
+        inputs = []
+        for name, array in feeds.items():
+            dtype = "BYTES" if array.dtype == object else str(array.dtype).upper()
+            tensor = module.InferInput(name, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        outputs = [module.InferRequestedOutput(OUTPUT)]
+        client = self._client()
+        options = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+
+        def call():
+            return client.infer(model, inputs, outputs=outputs, **options)
+
+        try:
+            result = self._retrying(call, " mid-run (did the server stop?)")
+        except InferenceServerException as e:
+            if "DEADLINE_EXCEEDED" in str(e.status()):
+                raise AsenError(
+                    f"Triton {model}: no answer within {self.timeout_s:.0f} s"
+                ) from None
+            message = (e.message() or str(e)).strip()
+            bad = _BAD_IMAGE.search(message)
+            if bad:
+                raise _BadBatchImage(int(bad.group(1)), bad.group(2)) from None
+            raise AsenError(f"Triton {model}: {message.splitlines()[0]}") from None
+        return result.as_numpy(OUTPUT)
+
+    def _run(self, model: str, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+        if not feeds:
+            return np.zeros((0, self.info.dim), np.float32)
+        return np.concatenate(list(self._pool.map(lambda f: self._infer(model, f), feeds)))
+
+    def _chunks(self, n: int) -> list[slice]:
+        return [slice(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+
+    def encode(self, images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+        """uint8 [B,3,S,S] images and int64 [B] attribute ids -> float32 [B,D]."""
+        attributes = np.asarray(attributes, dtype=np.int64)
+        check_inputs(images, attributes, self.info)
+        feeds = [
+            {IMAGE: np.ascontiguousarray(images[p]), ATTRIBUTE: attributes[p, None]}
+            for p in self._chunks(len(images))
+        ]
+        return self._run(self.model, feeds)
+
+    def _check_attributes(self, attributes: np.ndarray, n: int) -> np.ndarray:
+        attributes = np.asarray(attributes, dtype=np.int64)
+        if attributes.shape != (n,):
+            raise AsenError(f"attributes must be [{n}], got {list(attributes.shape)}")
+        names = self.info.names
+        bad = attributes[(attributes < 0) | (attributes >= len(names))]
+        if len(bad):
+            raise AsenError(
+                f"attribute id {int(bad[0])} out of range (0..{len(names) - 1}: {', '.join(names)})"
+            )
+        if self.ensemble is None:
+            raise AsenError("sending image bytes needs a TritonEncoder with send_bytes=True")
+        return attributes
+
+    def _embed_blobs(
+        self, blobs: list[bytes], attributes: np.ndarray, skip_bad: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One request through the ensemble: (indices embedded, their embeddings). With
+        `skip_bad` an undecodable image is left out and the rest resent."""
+        rows = np.arange(len(blobs))
+        while len(rows):
+            feed = {
+                BYTES_INPUT: np.array([blobs[i] for i in rows], dtype=object).reshape(-1, 1),
+                ATTRIBUTE: attributes[rows, None],
+            }
+            try:
+                return rows, self._infer(self.ensemble, feed)
+            except _BadBatchImage as e:
+                if not skip_bad:
+                    raise _BadBatchImage(int(rows[e.index]), e.reason) from None
+                rows = np.delete(rows, e.index)
+        return rows, np.zeros((0, self.info.dim), np.float32)
+
+    def encode_bytes(
+        self, blobs: Sequence[bytes], attributes: np.ndarray, skip_bad: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Encoded images and int64 [N] attribute ids, decoded on the server by the ensemble.
+        Returns float32 [N,D] embeddings and the mask of images decoded (all True unless
+        `skip_bad`; otherwise an undecodable image raises BadImageError with its index)."""
+        attributes = self._check_attributes(attributes, len(blobs))
+
+        def chunk(part: slice):
+            try:
+                rows, emb = self._embed_blobs(list(blobs[part]), attributes[part], skip_bad)
+            except _BadBatchImage as e:
+                raise BadImageError(f"image {part.start + e.index}: {e.reason}") from None
+            return rows + part.start, emb
+
+        return self._gather(chunk, len(blobs))
+
+    def encode_files(
+        self,
+        files: Sequence[Path],
+        attributes: np.ndarray,
+        skip_bad: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_bytes` of image files, read as their batch is sent; errors name the file."""
+        attributes = self._check_attributes(attributes, len(files))
+
+        def chunk(part: slice):
+            blobs = []
+            for path in files[part]:
+                try:
+                    blobs.append(Path(path).read_bytes())
+                except OSError as e:
+                    raise BadImageError(f"{path}: cannot read image ({e.strerror})") from None
+            try:
+                rows, emb = self._embed_blobs(blobs, attributes[part], skip_bad)
+            except _BadBatchImage as e:
+                raise BadImageError(f"{files[part.start + e.index]}: {e.reason}") from None
+            return rows + part.start, emb
+
+        return self._gather(chunk, len(files), progress)
+
+    def _gather(
+        self, chunk: Callable, n: int, progress: Callable[[int], None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run `chunk(slice)` over batches with bounded concurrency; assemble (emb, ok)."""
+        out = np.zeros((n, self.info.dim), np.float32)
+        ok = np.zeros(n, dtype=bool)
+        parts = self._chunks(n)
+        for part, (rows, emb) in zip(parts, self._pool.map(chunk, parts), strict=True):
+            out[rows], ok[rows] = emb, True
+            if progress:
+                progress(part.stop - part.start)
+        return out, ok
+
+
+class _BadBatchImage(Exception):
+    """The server could not decode image `index` of a request."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(reason)
+        self.index, self.reason = index, reason

@@ -1,0 +1,130 @@
+"""`asen serve` and `start_server`: clean shutdown leaving no process, one-line errors for a
+taken port, a model that fails to load, no server at all, and a server that dies mid-run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import client.server
+from asen import AsenError
+from asen.data.splits import open_dataset
+from asen.evaluate import embed_split
+from cli import app
+from client.server import launch, start_server
+from client.triton import TritonEncoder
+
+runner = CliRunner()
+
+
+def gone(pgid: int) -> bool:
+    """No process is left in the group (the server and its Python stubs)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True).returncode == 1
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_command_stops_cleanly(repo, tmp_path, ports, sig) -> None:
+    p = ports
+    log = tmp_path / "server.log"
+    args = ["--repo", repo, "--log-file", log]
+    for key, value in p.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from cli import main; main()", "serve", *map(str, args)],
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Ctrl-C to stop") or "error" in line:
+            break
+    out = "".join(lines)
+    assert "Ctrl-C to stop" in out, out
+    assert f"gRPC 127.0.0.1:{p['grpc_port']}" in out and "ready: asen, asen_onnx" in out
+    assert "asen_onnx" in out and ("ONNX Runtime inside" in out or "onnxruntime backend" in out)
+    pid = int(out.split("(pid ")[1].split(")")[0])
+    with TritonEncoder(f"127.0.0.1:{p['grpc_port']}") as enc:
+        assert enc.model == "asen_onnx"
+    proc.send_signal(sig)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    assert "tritonserver stopped" in rest
+    assert gone(pid)
+    assert log.stat().st_size > 0
+
+
+def test_start_server_context_leaves_nothing(repo, tmp_path, ports) -> None:
+    with start_server(repo, log_file=tmp_path / "log", **ports) as handle:
+        pid, run_dir = handle.process.pid, handle.run_dir
+        assert handle.models == ["asen", "asen_onnx", "asen_preprocess"]
+    assert gone(pid) and not run_dir.exists()
+    assert not list(repo.rglob("__pycache__"))  # the repository stays as exported
+
+
+def test_port_in_use_is_checked_before_starting(repo, tmp_path, ports) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        p = {**ports, "grpc_port": taken}
+        with pytest.raises(AsenError, match=f"--grpc-port {taken}: cannot listen on 127.0.0.1"):
+            launch(repo, log_file=tmp_path / "log", **p)
+    assert not (tmp_path / "log").exists()  # nothing was started
+
+
+def test_model_that_fails_to_load_shows_tritons_message(repo, tmp_path, ports) -> None:
+    broken = tmp_path / "models"
+    shutil.copytree(repo, broken)
+    model = broken / "asen_preprocess" / "1" / "model.py"
+    model.write_text(model.read_text().replace('["source_size"]', '["no_such_parameter"]'))
+    with pytest.raises(AsenError) as info:
+        launch(broken, log_file=tmp_path / "log", **ports).stop()
+    message = str(info.value)
+    assert "exited (code 1) while starting: model asen_preprocess failed to load" in message
+    assert "KeyError: 'no_such_parameter'" in message and str(tmp_path / "log") in message
+    assert "\n" not in message
+
+
+def test_missing_repository_and_server(tmp_path, monkeypatch, ports) -> None:
+    with pytest.raises(AsenError, match="no such model repository"):
+        launch(tmp_path / "nothing", **ports)
+    monkeypatch.setattr(client.server.shutil, "which", lambda name: None)
+    monkeypatch.setattr(client.server.importlib.util, "find_spec", lambda name: None)
+    result = runner.invoke(app, ["serve", "--repo", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: no tritonserver found: run inside NVIDIA's Triton")
+
+
+def test_server_dying_mid_run_is_an_error_and_saves_nothing(repo, synth, tmp_path, ports) -> None:
+    out = tmp_path / "gallery.npz"
+    with start_server(repo, log_file=tmp_path / "log", **ports) as handle:
+        enc = TritonEncoder(handle.grpc_url, retries=2)
+        dataset = open_dataset(synth, enc.info.attributes)
+
+        def kill_server(n: int) -> None:  # after the first batch, the server dies
+            os.killpg(handle.process.pid, signal.SIGKILL)
+            handle.process.wait()
+
+        with pytest.raises(AsenError, match="unreachable mid-run"):
+            embed_split(enc, dataset, "test", 8, 0, False, kill_server)
+        enc.close()
+        args = ["embed", "asen", "--data", synth, "--out", out, "--backend", "triton"]
+        result = runner.invoke(app, [*map(str, args), "--url", handle.grpc_url, "--workers", "0"])
+        assert result.exit_code == 1 and "is unreachable" in result.output
+        assert not out.exists()
+    assert gone(handle.process.pid)

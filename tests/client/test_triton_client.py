@@ -1,0 +1,183 @@
+"""TritonEncoder against a real tritonserver: parity with ONNX Runtime and PyTorch, the bytes
+path through the ensemble, and bad input that fails alone while the server keeps serving."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+from typer.testing import CliRunner
+
+from asen import AsenError
+from asen.data.images import BadImageError, load_image
+from asen.data.splits import open_dataset
+from asen.encoders import TorchEncoder
+from asen.evaluate import evaluate
+from cli import app
+from client.server import free_port
+from client.triton import TritonEncoder
+from export.encoders import OnnxEncoder
+from export.layout import artifact_path
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def onnx_encoder(repo) -> OnnxEncoder:
+    return OnnxEncoder(artifact_path(repo, "asen", "onnx"), "cpu")
+
+
+def batch(n: int, s: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 3, s, s), dtype=np.uint8), rng.integers(0, 4, n)
+
+
+def jpeg(w: int, h: int, seed: int) -> bytes:
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_ready_models_and_metadata(server, onnx_encoder, max_batch) -> None:
+    assert server.models == ["asen", "asen_onnx", "asen_preprocess"]
+    assert server.alive()
+    how = {c.model: c.how for c in server.choices}
+    assert how["asen"] == "ensemble: asen_preprocess -> asen_onnx"
+    assert how["asen_onnx"] in ("onnxruntime backend",) or "ONNX Runtime inside" in how["asen_onnx"]
+    for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
+        with TritonEncoder(url, "asen", protocol) as enc:
+            assert enc.model == "asen_onnx" and enc.batch_size == max_batch
+            assert enc.info == onnx_encoder.info
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_tensor_path_equals_onnx_runtime(server, onnx_encoder, max_batch, protocol) -> None:
+    images, attributes = batch(2 * max_batch + 3, onnx_encoder.info.source_size)  # 3 requests
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    with TritonEncoder(url, "asen", protocol, in_flight=3) as enc:
+        got = enc.encode(images, attributes)
+        assert enc.encode(images[:0], attributes[:0]).shape == (0, enc.info.dim)
+    want = onnx_encoder.encode(images, attributes)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_map_through_triton_equals_torch(server, checkpoint, synth) -> None:
+    torch_enc = TorchEncoder.from_checkpoint(checkpoint, "cpu")
+    dataset = open_dataset(synth, torch_enc.info.attributes)
+    want = evaluate(torch_enc, dataset, "test", 16, 0)
+    for send_bytes in (False, True):
+        with TritonEncoder(server.grpc_url, "asen", send_bytes=send_bytes) as enc:
+            got = evaluate(enc, dataset, "test", 16, 0)
+        assert got.num_queries == want.num_queries
+        assert abs(got.overall_map - want.overall_map) < 1e-3
+        for name, value in want.per_attribute.items():
+            assert abs(got.per_attribute[name] - value) < 1e-3
+
+
+def test_bytes_path_equals_local_preprocessing(server, onnx_encoder, tmp_path) -> None:
+    s = onnx_encoder.info.source_size
+    blobs = [jpeg(200, 150, 1), jpeg(90, 300, 2), jpeg(s, s, 3)] * 4  # 12: two requests
+    attributes = np.arange(len(blobs)) % 4
+    files = []
+    for i, blob in enumerate(blobs):
+        files.append(tmp_path / f"{i}.jpg")
+        files[-1].write_bytes(blob)
+    want = onnx_encoder.encode(np.stack([load_image(b, s) for b in blobs]), attributes)
+    with TritonEncoder(server.http_url, "asen", "http", send_bytes=True) as enc:
+        got, ok = enc.encode_bytes(blobs, attributes)
+        assert ok.all()
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+        got, ok = enc.encode_files(files, attributes)
+        assert ok.all()
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_embed_cli_tensors_and_bytes_agree(server, synth, tmp_path) -> None:
+    out = {}
+    for extra in ([], ["--send-bytes"]):
+        path = tmp_path / f"emb{len(extra)}.npz"
+        args = ["embed", "asen", "--data", synth, "--out", path, "--backend", "triton"]
+        args += ["--url", server.grpc_url, "--workers", "0", *extra]
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        out[len(extra)] = np.load(path)
+    np.testing.assert_allclose(out[0]["embeddings"], out[1]["embeddings"], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(out[0]["image_ids"], out[1]["image_ids"])
+
+
+def test_bad_input_fails_alone(server, onnx_encoder, tmp_path) -> None:
+    s = onnx_encoder.info.source_size
+    images, attributes = batch(3, s)
+    want = onnx_encoder.encode(images, attributes)
+    with TritonEncoder(server.grpc_url, "asen", send_bytes=True) as enc:
+        with pytest.raises(AsenError, match=r"attribute id 7 out of range \(0\.\.3: collar_design"):
+            enc.encode(images, np.array([0, 7, 1]))
+        with pytest.raises(AsenError, match=r"images must be uint8 \[B,3,128,128\]"):
+            enc.encode(images.astype(np.float32), attributes)
+        with pytest.raises(AsenError, match=r"images must be uint8"):
+            enc.encode(images[:, :, :64, :64], attributes)
+        with pytest.raises(AsenError, match="attribute id -1 out of range"):
+            enc.encode_bytes([jpeg(10, 10, 0)], np.array([-1]))
+        bad = tmp_path / "broken.jpg"
+        bad.write_bytes(b"this is not an image")
+        good = tmp_path / "good.jpg"
+        good.write_bytes(jpeg(64, 64, 5))
+        with pytest.raises(BadImageError, match=r"broken\.jpg: cannot decode image"):
+            enc.encode_files([good, bad, good], np.array([0, 1, 2]))
+        emb, ok = enc.encode_files([good, bad, good], np.array([0, 1, 2]), skip_bad=True)
+        assert ok.tolist() == [True, False, True]
+        np.testing.assert_allclose(emb[0], enc.encode_bytes([good.read_bytes()], [0])[0][0])
+        with pytest.raises(BadImageError, match=r"image 1: cannot decode image"):
+            enc.encode_bytes([good.read_bytes(), b""], np.array([0, 0]))
+        np.testing.assert_allclose(enc.encode(images, attributes), want, atol=1e-5, rtol=0)
+
+    # a client that skips the checks: the server answers each bad request with a clear error
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def infer(image: np.ndarray, attribute: np.ndarray, dtype: str = "UINT8"):
+        inputs = [
+            grpcclient.InferInput("image", list(image.shape), dtype),
+            grpcclient.InferInput("attribute", list(attribute.shape), "INT64"),
+        ]
+        inputs[0].set_data_from_numpy(image)
+        inputs[1].set_data_from_numpy(attribute)
+        return client.infer("asen_onnx", inputs).as_numpy("embedding")
+
+    try:
+        with pytest.raises(InferenceServerException, match="attribute id 9 out of range"):
+            infer(images, np.array([[0], [9], [1]]))
+        with pytest.raises(InferenceServerException, match="unexpected shape for input 'image'"):
+            infer(images[:, :, :64, :64].copy(), attributes[:, None])
+        with pytest.raises(InferenceServerException, match="expects 'UINT8'"):
+            infer(images.astype(np.float32), attributes[:, None], "FP32")
+        np.testing.assert_allclose(infer(images, attributes[:, None]), want, atol=1e-5, rtol=0)
+    finally:
+        client.close()
+    assert server.alive()
+
+
+def test_unreachable_url() -> None:
+    url = f"127.0.0.1:{free_port()}"
+    for protocol in ("grpc", "http"):
+        with pytest.raises(AsenError, match=f"Triton at {url} \\({protocol}\\) is unreachable"):
+            TritonEncoder(url, protocol=protocol, retries=1)
+    result = runner.invoke(
+        app, ["eval", "asen", "--data", ".", "--backend", "triton", "--url", url]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().startswith(f"error: Triton at {url} (grpc) is unreachable")
+
+
+def test_unknown_model(server) -> None:
+    with pytest.raises(AsenError, match="model nope"):
+        TritonEncoder(server.grpc_url, "nope")
+    with pytest.raises(AsenError, match="asen_onnx is not the bytes ensemble"):
+        TritonEncoder(server.grpc_url, "asen_onnx", send_bytes=True)
+    with pytest.raises(AsenError, match="asen_preprocess is not an asen encoder"):
+        TritonEncoder(server.grpc_url, "asen_preprocess", protocol="grpc")
