@@ -395,6 +395,21 @@ def embed_cmd(
     )
 
 
+@app.command("compare")
+@_errors
+def compare_cmd(
+    results: Annotated[list[Path], typer.Argument(help="Files written by `asen eval --json`.")],
+) -> None:
+    """Print several evaluations (e.g. torch, onnx, triton) side by side."""
+    from asen.evaluate import EvalResult
+
+    loaded = [EvalResult.load(p) for p in results]
+    names = {tuple(r.num_queries) for r in loaded}
+    if len(names) != 1 or len({r.split for r in loaded}) != 1:
+        raise AsenError("the results are of different splits or attributes; compare like with like")
+    _print_map_table(loaded)
+
+
 @app.command("export")
 @_errors
 def export_cmd(

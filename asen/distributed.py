@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -100,8 +101,22 @@ def process_group(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) ->
             f"{who}: lost contact with the other processes ({reason}); another rank died or "
             f"did not respond within the timeout ({timeout_s:g} s): see its log"
         ) from None
-    dist.barrier()  # leave together: a rank that tears down while another works may abort
     dist.destroy_process_group()
+
+
+def _run(collective: Callable[[], dist.Work], *tensors: torch.Tensor) -> None:
+    """Run an async collective on `tensors` and wait until gloo's worker thread has let go of
+    them too: freeing them on that thread takes the GIL, which aborts a process that is
+    exiting by then ("terminate called without an active exception")."""
+    counts = [t._use_count() for t in tensors]
+    collective().wait()
+    deadline = time.monotonic() + 10
+    while (
+        backend() == "gloo"
+        and any(t._use_count() > c for t, c in zip(tensors, counts, strict=True))
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.0005)  # lets the worker take the GIL
 
 
 def _comm_device() -> torch.device:
@@ -116,14 +131,14 @@ def any_rank(flag: bool) -> bool:
     if world_size() == 1:
         return flag
     t = torch.tensor([int(flag)], device=_comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    _run(lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX, async_op=True), t)
     return bool(t.item())
 
 
 def all_sum(values: list[float]) -> list[float]:
     """Element-wise sums over ranks."""
     t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t)
+    _run(lambda: dist.all_reduce(t, async_op=True), t)
     return t.tolist()
 
 
@@ -142,12 +157,12 @@ def all_gather_array(a: np.ndarray) -> np.ndarray:
     dev = _comm_device()
     size = torch.tensor([len(a)], device=dev)
     sizes = [torch.zeros_like(size) for _ in range(world_size())]
-    dist.all_gather(sizes, size)
+    _run(lambda: dist.all_gather(sizes, size, async_op=True), size, *sizes)
     counts = [int(s.item()) for s in sizes]
     padded = torch.zeros((max(counts), *a.shape[1:]), dtype=torch.from_numpy(a).dtype, device=dev)
     padded[: len(a)] = torch.from_numpy(np.ascontiguousarray(a)).to(dev)
     parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded)
+    _run(lambda: dist.all_gather(parts, padded, async_op=True), padded, *parts)
     return np.concatenate([p[:c].cpu().numpy() for p, c in zip(parts, counts, strict=True)])
 
 
@@ -155,7 +170,7 @@ def sync_buffers(module: nn.Module) -> None:
     """Give every rank rank 0's buffers (BatchNorm statistics drift apart with local batches)."""
     if world_size() > 1:
         for b in module.buffers():
-            dist.broadcast(b, 0)
+            _run(lambda b=b: dist.broadcast(b, 0, async_op=True), b)
 
 
 def data_parallel(module: nn.Module) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -70,6 +71,20 @@ class EvalResult:
             "per_attribute": self.per_attribute,
             "num_queries": self.num_queries,
         }
+
+    @classmethod
+    def load(cls, path: Path) -> EvalResult:
+        """Read a file written by `asen eval --json`; a foreign file is one clear error."""
+        try:
+            raw = json.loads(Path(path).read_text())
+            return cls(
+                **{
+                    k: raw[k]
+                    for k in ("backend", "split", "overall_map", "per_attribute", "num_queries")
+                }
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise AsenError(f"{path}: not an `asen eval --json` file ({e})") from None
 
 
 def _check_compatible(encoder: Encoder, dataset: SplitDataset) -> None:

@@ -168,13 +168,15 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=0.0, help="seconds at concurrency 16")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-triton-"))
-    c = args.concurrency
+    c, load_before = args.concurrency, os.getloadavg()[0]
     try:
         repo = make_repo(root, args.config, args.checkpoint)
         s = int(read_sidecar(artifact_path(repo, "asen", "onnx"))["source_size"])
         off_repo = without_batching(repo, root / "off")
         with serve(repo, root / "on.log") as on, serve(off_repo, root / "off.log") as off:
             scenarios = {
+                "direct_onnxruntime_b1": Direct(repo, 1),
+                f"direct_onnxruntime_b{c}": Direct(repo, c),  # what batching c requests gains
                 "direct_onnxruntime_b32": Direct(repo, 32),
                 f"batching_on_c{c}_b1": Load(on.grpc_url, "asen_onnx", s, c, 1),
                 f"batching_off_c{c}_b1": Load(off.grpc_url, "asen_onnx", s, c, 1),
@@ -200,8 +202,12 @@ def main() -> None:
         ratio_direct = best / rate["direct_onnxruntime_b32"]
         report["ratios"] = {
             f"batching_on_vs_off_c{c}": round(ratio_batching, 2),
+            f"direct_onnxruntime_b{c}_vs_b1": round(
+                rate[f"direct_onnxruntime_b{c}"] / rate["direct_onnxruntime_b1"], 2
+            ),
             "best_triton_vs_direct_onnxruntime_b32": round(ratio_direct, 2),
         }
+        report["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
         report["targets_met"] = {
             "batching_1.5x": ratio_batching >= 1.5,
             "direct_0.7x": ratio_direct >= 0.7,

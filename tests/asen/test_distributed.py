@@ -97,6 +97,32 @@ def test_two_processes_match_one(data: Path, tmp_path: Path) -> None:
     assert got["overall_map"] == pytest.approx(expected["overall_map"], abs=1e-9)
     assert got["per_attribute"] == pytest.approx(expected["per_attribute"], abs=1e-9)
 
+    # --resume continues in both processes; a time budget stops both after the same step
+    args = ["train", "--data", data, *SMALL, "--epochs", 2, "--out", two, "--resume"]
+    _run([*args, "--time-budget", 0.0001, "--dist-timeout", 60])
+    resumed = _records(two)[-1]
+    assert resumed["epoch"] == 2 and resumed["partial"]
+    assert (resumed["steps"], resumed["triplets"]) == (1, 8)
+
+
+def test_stage2_trains_and_embeds_sharded(data: Path, tmp_path: Path) -> None:
+    """Stage 2 under DDP (the local branch sees a crop made without gradients), then
+    `asen embed` on two processes writes the file one process writes."""
+    run = tmp_path / "run"
+    args = ["train", "--data", data, *SMALL, "--stage", 2, "--epochs", 1, "--out", run]
+    _run([*args, "--dist-timeout", 60])
+    [record] = _records(run)
+    assert (record["steps"], record["triplets"], record["stage"]) == (4, 32, 2)
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    args = ["embed", run / "last.pt", "--data", data, "--workers", 0]
+    _ok([*args, "--out", one])
+    _run([*args, "--out", two, "--dist-timeout", 60])
+    a, b = np.load(one), np.load(two)
+    assert a.files == b.files
+    np.testing.assert_allclose(a["embeddings"], b["embeddings"], atol=1e-6)
+    for key in set(a.files) - {"embeddings"}:
+        np.testing.assert_array_equal(a[key], b[key])
+
 
 def _children(pid: int) -> dict[int, int]:
     """{rank: pid} of torchrun's worker processes."""
