@@ -297,6 +297,40 @@ def _dataset(data: Path, encoder):
     return open_dataset(data, encoder.info.attributes)
 
 
+def _embed_split(
+    model: str,
+    data: Path,
+    split: str,
+    backend: str,
+    device: str,
+    batch_size: int,
+    workers: int,
+    skip_bad_images: bool,
+    url: str | None,
+    protocol: str,
+    send_bytes: bool,
+    dist_timeout: float,
+):
+    """Open the backend's Encoder and embed a split (sharded under torchrun); returns
+    (encoder, dataset, embedded) on rank 0 and None on the other ranks."""
+    from asen.distributed import is_main, process_group
+    from asen.evaluate import embed_split, num_pairs
+
+    with process_group(device, dist_timeout):
+        encoder = _open_encoder(backend, model, device, batch_size, url, protocol, send_bytes)
+        dataset = _dataset(data, encoder)
+        with _progress() as progress:
+            total = num_pairs(dataset, split)
+            task = progress.add_task(f"encoding {split} ({backend})", total=total, info="")
+            embedded = embed_split(
+                encoder, dataset, split, batch_size, workers, skip_bad_images,
+                lambda n: progress.advance(task, n),
+            )  # fmt: skip
+        if not is_main():
+            return None
+    return encoder, dataset, embedded
+
+
 @app.command("eval")
 @_errors
 def eval_cmd(
@@ -317,27 +351,16 @@ def eval_cmd(
     dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Per-attribute and overall mAP (the paper's protocol) through any backend."""
-    from asen.distributed import is_main, process_group
-    from asen.evaluate import evaluate, num_pairs
+    from asen.evaluate import score
 
-    with process_group(device, dist_timeout):
-        encoder = _open_encoder(backend, model, device, batch_size, url, protocol, send_bytes)
-        dataset = _dataset(data, encoder)
-        with _progress() as progress:
-            task = progress.add_task(
-                f"encoding {split} ({backend})", total=num_pairs(dataset, split), info=""
-            )
-            result = evaluate(
-                encoder,
-                dataset,
-                split,
-                batch_size,
-                workers,
-                skip_bad_images,
-                lambda n: progress.advance(task, n),
-            )
-        if not is_main():
-            return
+    done = _embed_split(
+        model, data, split, backend, device, batch_size, workers, skip_bad_images, url,
+        protocol, send_bytes, dist_timeout,
+    )  # fmt: skip
+    if done is None:
+        return
+    encoder, dataset, embedded = done
+    result = score(embedded, dataset.names, encoder.backend, split)
     _print_map_table([result])
     if result.skipped:
         console.print(
@@ -367,27 +390,13 @@ def embed_cmd(
     dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Embed every query and candidate entry of a split into an .npz file."""
-    from asen.distributed import is_main, process_group
-    from asen.evaluate import embed_split, num_pairs
-
-    with process_group(device, dist_timeout):
-        encoder = _open_encoder(backend, model, device, batch_size, url, protocol, send_bytes)
-        dataset = _dataset(data, encoder)
-        with _progress() as progress:
-            task = progress.add_task(
-                f"encoding {split} ({backend})", total=num_pairs(dataset, split), info=""
-            )
-            embedded = embed_split(
-                encoder,
-                dataset,
-                split,
-                batch_size,
-                workers,
-                skip_bad_images,
-                lambda n: progress.advance(task, n),
-            )
-        if not is_main():
-            return
+    done = _embed_split(
+        model, data, split, backend, device, batch_size, workers, skip_bad_images, url,
+        protocol, send_bytes, dist_timeout,
+    )  # fmt: skip
+    if done is None:
+        return
+    _, dataset, embedded = done
     embedded.save(out, dataset.names)
     console.print(
         f"wrote {out}: {len(embedded.embeddings)} embeddings of dim {embedded.embeddings.shape[1]}"
