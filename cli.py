@@ -120,9 +120,7 @@ def data_synth(
 def train_cmd(
     data: DataRoot,
     config: Configs = None,
-    set_: Annotated[
-        list[str], typer.Option("--set", help="Override one field: key=value (e.g. train.lr=1e-3).")
-    ] = None,
+    set_: Sets = None,
     stage: Annotated[int, typer.Option(help="1: global branch; 2: adds the local branch.")] = 1,
     init: Annotated[
         Path | None, typer.Option(help="Checkpoint to initialise from (stage 1 for stage 2).")

@@ -95,7 +95,3 @@ class ASENPP(nn.Module):
 
     def forward(self, image: torch.Tensor, attribute: torch.Tensor) -> torch.Tensor:
         return self.fuse(self.branches(image, attribute))
-
-
-def build_model(cfg: ModelConfig, num_attributes: int, stage: int) -> ASENPP:
-    return ASENPP(cfg, num_attributes, stage)
