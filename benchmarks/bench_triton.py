@@ -1,7 +1,9 @@
 """Load on a Triton-served model: N concurrent clients for a bounded time (tensor path),
-with the encoder's dynamic batching on and off (two servers, one config each), and direct
-ONNX Runtime at batch 32 in the same run. The scenarios run in interleaved slices, so that
-other activity on a shared machine slows them alike.
+with the encoder's dynamic batching on and off, and off with two single-thread instances
+(three servers, one config each), and direct ONNX Runtime at batch 1, N and 32 in the same
+run. The scenarios run in interleaved slices, so that other activity on a shared machine
+slows them alike; the on/off ratio is given over the whole run and as the median of the
+slices. `mean_executed_batch` is images per model execution, from Triton's statistics.
 
     python benchmarks/bench_triton.py [--config small] [--checkpoint best.pt] [--duration 15]
         [--rounds 5] [--concurrency 8] [--soak 60]
@@ -54,12 +56,15 @@ def make_repo(root: Path, config: str, checkpoint: Path | None) -> Path:
     return repo
 
 
-def without_batching(repo: Path, out: Path) -> Path:
-    """A copy of `repo` whose encoder configs have no dynamic batcher."""
+def variant(repo: Path, out: Path, instances: int = 1, threads: int = 0) -> Path:
+    """A copy of `repo` whose encoder configs have no dynamic batcher, and `instances`
+    instances of `threads` ONNX Runtime threads each (0: one per core)."""
     shutil.copytree(repo, out, ignore=shutil.ignore_patterns("__pycache__"))
     for path in [*out.glob("*_onnx/config.pbtxt"), *out.glob("*_onnx/configs/*.pbtxt")]:
         cfg = read_config(path)
         cfg.ClearField("dynamic_batching")
+        cfg.instance_group[0].count = instances
+        cfg.parameters["intra_op_thread_count"].string_value = str(threads)
         path.write_text(text_format.MessageToString(cfg))
     return out
 
@@ -83,6 +88,13 @@ class Load:
         self.latencies: list[float] = []
         self.errors: list[str] = []
         self.seconds = 0.0
+        self.rounds: list[float] = []  # throughput of each slice (images/s)
+        self.served = self.executions = 0
+
+    def _counts(self, client: grpcclient.InferenceServerClient) -> tuple[int, int]:
+        """Requests served and model executions so far, by the server's own statistics."""
+        stats = client.get_inference_statistics(self.model, as_json=True)["model_stats"][0]
+        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
     def run(self, seconds: float) -> None:
         """`concurrency` clients, each sending one request after the other for `seconds`."""
@@ -90,6 +102,8 @@ class Load:
         for _ in range(2):  # warm-up
             client.infer(self.model, self.requests[0])
         lock = threading.Lock()
+        served, executions = self._counts(client)
+        done = len(self.latencies)
         start = time.perf_counter()
         stop = start + seconds
 
@@ -109,7 +123,12 @@ class Load:
             t.start()
         for t in threads:
             t.join()
-        self.seconds += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self.seconds += elapsed
+        self.rounds.append((len(self.latencies) - done) * self.batch / elapsed)
+        served_now, executions_now = self._counts(client)
+        self.served += served_now - served
+        self.executions += executions_now - executions
         client.close()
 
     def report(self) -> dict:
@@ -122,6 +141,7 @@ class Load:
             "throughput_img_s": round(len(ms) * self.batch / self.seconds, 1),
             "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
             "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+            "mean_executed_batch": round(self.served / max(self.executions, 1), 2),
             "errors": len(self.errors),
             **({"first_error": self.errors[0]} if self.errors else {}),
         }
@@ -172,14 +192,23 @@ def main() -> None:
     try:
         repo = make_repo(root, args.config, args.checkpoint)
         s = int(read_sidecar(artifact_path(repo, "asen", "onnx"))["source_size"])
-        off_repo = without_batching(repo, root / "off")
-        with serve(repo, root / "on.log") as on, serve(off_repo, root / "off.log") as off:
+        off_repo = variant(repo, root / "off")
+        two_repo = variant(repo, root / "two", instances=2, threads=1)
+        with (
+            serve(repo, root / "on.log") as on,
+            serve(off_repo, root / "off.log") as off,
+            serve(two_repo, root / "two.log") as two,
+        ):
+            on_c, off_c = f"batching_on_c{c}_b1", f"batching_off_c{c}_b1"
             scenarios = {
                 "direct_onnxruntime_b1": Direct(repo, 1),
                 f"direct_onnxruntime_b{c}": Direct(repo, c),  # what batching c requests gains
                 "direct_onnxruntime_b32": Direct(repo, 32),
-                f"batching_on_c{c}_b1": Load(on.grpc_url, "asen_onnx", s, c, 1),
-                f"batching_off_c{c}_b1": Load(off.grpc_url, "asen_onnx", s, c, 1),
+                on_c: Load(on.grpc_url, "asen_onnx", s, c, 1),
+                off_c: Load(off.grpc_url, "asen_onnx", s, c, 1),
+                f"two_instances_1_thread_batching_off_c{c}_b1": Load(
+                    two.grpc_url, "asen_onnx", s, c, 1
+                ),
                 "batching_on_c2_b32": Load(on.grpc_url, "asen_onnx", s, 2, 32),
             }
             for _ in range(args.rounds):
@@ -192,16 +221,23 @@ def main() -> None:
                 "served_as": next(c.how for c in on.choices if c.model.endswith("_onnx")),
                 **{name: scenario.report() for name, scenario in scenarios.items()},
             }
+            per_round = [
+                a / b for a, b in zip(scenarios[on_c].rounds, scenarios[off_c].rounds, strict=True)
+            ]
             if args.soak:
                 soak = Load(on.grpc_url, "asen_onnx", s, 16, 1)
                 soak.run(args.soak)
                 report["soak_c16_b1"] = soak.report()
         rate = {k: v["throughput_img_s"] for k, v in report.items() if isinstance(v, dict)}
-        ratio_batching = rate[f"batching_on_c{c}_b1"] / rate[f"batching_off_c{c}_b1"]
-        best = max(rate[f"batching_on_c{c}_b1"], rate["batching_on_c2_b32"])
+        ratio_batching = rate[on_c] / rate[off_c]
+        best = max(rate[on_c], rate["batching_on_c2_b32"])
         ratio_direct = best / rate["direct_onnxruntime_b32"]
         report["ratios"] = {
             f"batching_on_vs_off_c{c}": round(ratio_batching, 2),
+            f"batching_on_vs_off_c{c}_median_of_rounds": round(float(np.median(per_round)), 2),
+            f"two_instances_1_thread_vs_batching_off_c{c}": round(
+                rate[f"two_instances_1_thread_batching_off_c{c}_b1"] / rate[off_c], 2
+            ),
             f"direct_onnxruntime_b{c}_vs_b1": round(
                 rate[f"direct_onnxruntime_b{c}"] / rate["direct_onnxruntime_b1"], 2
             ),

@@ -1,7 +1,9 @@
 """Triton Python-backend model that serves `<name>_onnx/1/model.onnx` with ONNX Runtime, for
 servers without the ONNX Runtime backend (`configs/python.pbtxt` selects it). Same inputs and
 outputs as the native config; the requests of a dynamic batch run as one ONNX Runtime call,
-and a request with an out-of-range attribute fails alone."""
+and a request with an out-of-range attribute fails alone. The optional parameter
+`intra_op_thread_count` (the ONNX Runtime backend's own key; 0 or absent: one thread per
+core) sets ONNX Runtime's threads per instance."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class TritonPythonModel:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        opts.intra_op_num_threads = int(params.get("intra_op_thread_count", "0"))
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def _check(self, feeds: dict[str, np.ndarray]) -> str | None:

@@ -4,6 +4,8 @@ path through the ensemble, and bad input that fails alone while the server keeps
 from __future__ import annotations
 
 import io
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +20,12 @@ from asen.data.splits import open_dataset
 from asen.encoders import TorchEncoder
 from asen.evaluate import evaluate
 from cli import app
-from client.server import free_port
+from client.server import free_port, start_server
 from client.triton import TritonEncoder
 from export.encoders import OnnxEncoder
 from export.layout import artifact_path
+from export.onnx import physical_cores
+from export.repository import read_config, write_config
 
 runner = CliRunner()
 
@@ -181,3 +185,44 @@ def test_unknown_model(server) -> None:
         TritonEncoder(server.grpc_url, "asen_onnx", send_bytes=True)
     with pytest.raises(AsenError, match="asen_preprocess is not an asen encoder"):
         TritonEncoder(server.grpc_url, "asen_preprocess", protocol="grpc")
+
+
+def stub_threads(handle, model: str) -> list[int]:
+    """Thread counts of the server's Python-backend stub processes running `model`."""
+    counts = []
+    for proc in Path("/proc").iterdir():
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes().decode(errors="replace")
+            if parent == handle.process.pid and f"/{model}/1/model.py" in command:
+                counts.append(len(list((proc / "task").iterdir())))
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or one that has just ended
+    return counts
+
+
+def test_instances_and_threads_from_the_config(server, repo, onnx_encoder, tmp_path, ports) -> None:
+    """Two encoder instances of one ONNX Runtime thread each, set as a user would in
+    config.pbtxt (`intra_op_thread_count` is the ONNX Runtime backend's own key): the
+    server runs two stubs with no ONNX Runtime thread pool, and serves the same
+    embeddings."""
+    (default,) = stub_threads(server, "asen_onnx")
+    copy = tmp_path / "models"
+    shutil.copytree(repo, copy)
+    for path in [copy / "asen_onnx" / "config.pbtxt", *copy.glob("asen_onnx/configs/*.pbtxt")]:
+        cfg = read_config(path)
+        cfg.instance_group[0].count = 2
+        cfg.parameters["intra_op_thread_count"].string_value = "1"
+        write_config(path, cfg)
+    with start_server(copy, log_file=tmp_path / "log", **ports) as handle:
+        served = grpcclient.InferenceServerClient(handle.grpc_url).get_model_config("asen_onnx")
+        assert served.config.instance_group[0].count == 2
+        assert served.config.parameters["intra_op_thread_count"].string_value == "1"
+        one_thread = stub_threads(handle, "asen_onnx")
+        assert len(one_thread) == 2
+        if physical_cores() > 1:  # the default session has a pool of cores - 1 threads
+            assert all(n < default for n in one_thread), (one_thread, default)
+        images, attributes = batch(5, onnx_encoder.info.source_size)
+        with TritonEncoder(handle.grpc_url) as enc:
+            got = enc.encode(images, attributes)
+    np.testing.assert_allclose(got, onnx_encoder.encode(images, attributes), atol=1e-5)
