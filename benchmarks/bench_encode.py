@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from models import CONFIGS, random_model
 
 from asen import AsenError
 from asen.checkpoint import load_model
-from asen.config import AttributeSpec, load_config
-from asen.data.synthetic import DEFAULT_ATTRIBUTES
 from asen.encoders import Encoder, ModelInfo, TorchEncoder
 from asen.model.asen import ASENPP
 from export.encoders import OnnxEncoder, TrtEncoder
@@ -35,7 +34,6 @@ from export.onnx import export_onnx, physical_cores
 from export.tensorrt import build_engine, require_tensorrt
 
 Backend = Callable[[], Encoder] | str
-CONFIGS = {"small": ["small"], "paper": []}  # paper: the defaults (ResNet-50/34, 224/112)
 
 
 def build(config: str, checkpoint: Path | None) -> tuple[ASENPP, ModelInfo, str]:
@@ -43,10 +41,7 @@ def build(config: str, checkpoint: Path | None) -> tuple[ASENPP, ModelInfo, str]
     if checkpoint:
         model, ckpt = load_model(checkpoint, "cpu")
         return model, ModelInfo.from_checkpoint(ckpt), str(checkpoint)
-    cfg = load_config(CONFIGS[config])
-    attributes = [AttributeSpec(n, v) for n, v in DEFAULT_ATTRIBUTES.items()]
-    torch.manual_seed(0)
-    model = ASENPP(cfg.model, len(attributes), stage=2).eval()
+    model, cfg, attributes = random_model(config)
     info = ModelInfo(attributes, cfg.model.source_size, model.embedding_dim, cfg.model.beta, 2)
     return model, info, f"{config} ({cfg.model.global_backbone}/{cfg.model.local_backbone})"
 

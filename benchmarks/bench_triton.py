@@ -25,31 +25,23 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
+from models import CONFIGS, random_model
 
 from asen.checkpoint import atomic_save, make_checkpoint
-from asen.config import AttributeSpec, load_config
-from asen.data.synthetic import DEFAULT_ATTRIBUTES
-from asen.model.asen import ASENPP
 from client.server import free_port, start_server
 from export.build import export_model
 from export.encoders import OnnxEncoder
 from export.layout import artifact_path, read_sidecar
 from export.repository import read_config
 
-CONFIGS = {"small": ["small"], "paper": []}  # paper: the defaults (ResNet-50/34, 224/112)
-
 
 def make_repo(root: Path, config: str, checkpoint: Path | None) -> Path:
     """Export `checkpoint` (or a random stage-2 model of `config`) into a fresh repository."""
     if checkpoint is None:
         checkpoint = root / "model.pt"
-        cfg = load_config(CONFIGS[config])
-        attributes = [AttributeSpec(n, v) for n, v in DEFAULT_ATTRIBUTES.items()]
-        torch.manual_seed(0)
-        model = ASENPP(cfg.model, len(attributes), stage=2)
+        model, cfg, attributes = random_model(config)
         atomic_save(make_checkpoint(model, cfg, attributes), checkpoint)
     repo = root / "models"
     export_model(checkpoint, repo)

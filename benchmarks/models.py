@@ -1,0 +1,21 @@
+"""The models the benchmarks time when no checkpoint is given: a randomly initialised
+stage-2 ASEN++ of a named config, the same for every benchmark (seed 0)."""
+
+from __future__ import annotations
+
+import torch
+
+from asen.config import AttributeSpec, Config, load_config
+from asen.data.synthetic import DEFAULT_ATTRIBUTES
+from asen.model.asen import ASENPP
+
+CONFIGS = {"small": ["small"], "paper": []}  # paper: the defaults (ResNet-50/34, 224/112)
+
+
+def random_model(config: str) -> tuple[ASENPP, Config, list[AttributeSpec]]:
+    """A stage-2 model of `config` (a key of CONFIGS) with random weights, its config and
+    the synthetic dataset's attributes."""
+    cfg = load_config(CONFIGS[config])
+    attributes = [AttributeSpec(n, v) for n, v in DEFAULT_ATTRIBUTES.items()]
+    torch.manual_seed(0)
+    return ASENPP(cfg.model, len(attributes), stage=2).eval(), cfg, attributes
