@@ -34,6 +34,7 @@ from export.onnx import export_onnx, physical_cores
 from export.tensorrt import build_engine, require_tensorrt
 
 Backend = Callable[[], Encoder] | str
+BACKENDS = ("torch_cpu", "onnx_cpu", "torch_cuda", "onnx_cuda", "trt_fp32", "trt_fp16")
 
 
 def build(config: str, checkpoint: Path | None) -> tuple[ASENPP, ModelInfo, str]:
@@ -113,6 +114,7 @@ def backends(model: ASENPP, info: ModelInfo, onnx_path: Path, batch: int) -> dic
         out["trt_fp16"] = lambda: _trt(onnx_path, info, batch, True)
     except AsenError as e:
         out["trt_fp32"] = out["trt_fp16"] = str(e)
+    assert tuple(out) == BACKENDS, "keep BACKENDS (the --only choices) in step"
     return out
 
 
@@ -125,7 +127,9 @@ def main() -> None:
     parser.add_argument(
         "--budget", type=float, default=10.0, help="seconds per measurement at most"
     )
-    parser.add_argument("--only", nargs="*", help="backends to time (default: all)")
+    parser.add_argument(
+        "--only", nargs="*", choices=BACKENDS, help="backends to time (default: all)"
+    )
     args = parser.parse_args()
     model, info, name = build(args.config, args.checkpoint)
     report: dict = {
