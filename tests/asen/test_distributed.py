@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from asen import distributed
 from cli import app
+from tests.processes import children
 
 runner = CliRunner()
 SMALL = [
@@ -127,17 +128,15 @@ def test_stage2_trains_and_embeds_sharded(data: Path, tmp_path: Path) -> None:
 def _children(pid: int) -> dict[int, int]:
     """{rank: pid} of torchrun's worker processes."""
     ranks = {}
-    for proc in Path("/proc").iterdir():
+    for proc in children(pid):
         try:
-            stat = (proc / "stat").read_text()
-            if proc.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                env = dict(
-                    item.split("=", 1)
-                    for item in (proc / "environ").read_text().split("\0")
-                    if "=" in item
-                )
-                ranks[int(env["RANK"])] = int(proc.name)
-        except (OSError, IndexError, KeyError, ValueError):
+            env = dict(
+                item.split("=", 1)
+                for item in (proc / "environ").read_text().split("\0")
+                if "=" in item
+            )
+            ranks[int(env["RANK"])] = int(proc.name)
+        except (OSError, KeyError, ValueError):
             continue
     return ranks
 

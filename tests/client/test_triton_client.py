@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from export.encoders import OnnxEncoder
 from export.layout import artifact_path
 from export.onnx import physical_cores
 from export.repository import read_config, write_config
+from tests.processes import children
 
 runner = CliRunner()
 
@@ -190,14 +190,12 @@ def test_unknown_model(server) -> None:
 def stub_threads(handle, model: str) -> list[int]:
     """Thread counts of the server's Python-backend stub processes running `model`."""
     counts = []
-    for proc in Path("/proc").iterdir():
+    for proc in children(handle.process.pid):
         try:
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (proc / "cmdline").read_bytes().decode(errors="replace")
-            if parent == handle.process.pid and f"/{model}/1/model.py" in command:
+            if f"/{model}/1/model.py" in (proc / "cmdline").read_bytes().decode(errors="replace"):
                 counts.append(len(list((proc / "task").iterdir())))
-        except (OSError, ValueError, IndexError):
-            continue  # not a process, or one that has just ended
+        except OSError:
+            continue  # it has just ended
     return counts
 
 
