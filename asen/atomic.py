@@ -1,0 +1,64 @@
+"""The one way asen writes a file: a temporary file beside the target, flushed and fsynced,
+then renamed over it in one step. A failure (or a kill) leaves the previous file intact and
+no temporary file behind (the temporary is removed on any exception)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+TEMP_PREFIX = ".asen-tmp-"  # every temporary file asen writes starts with this
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
+    """Open a binary file that replaces `path` only when the block ends without error.
+    The file gets the usual umask permissions (mkstemp's 0600 would break shared folders)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Call `write(file)` on a temporary file, then switch it in over `path`."""
+    with atomic_open(path) as fh:
+        write(fh)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete temporary files that a killed asen process left in `folder` (only asen's own:
+    the names start with TEMP_PREFIX). Returns what was removed."""
+    removed = []
+    for stale in Path(folder).glob(f"{TEMP_PREFIX}*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
