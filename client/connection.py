@@ -1,0 +1,140 @@
+"""How a client reaches a Triton endpoint: protocol, TLS and extra headers.
+
+Shared by `TritonEncoder` and `asen bench serve`. A `Host:` header over gRPC becomes the
+channel's authority (`grpc.default_authority`), which is what an ingress such as Istio in
+front of KServe routes on; every other header goes with each call (HTTP headers, gRPC
+metadata).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from asen import AsenError
+
+PROTOCOLS = ("grpc", "http")
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS to the server: PEM files (all optional; without a root certificate the system's
+    trusted roots verify the server)."""
+
+    root_certificates: Path | None = None
+    private_key: Path | None = None
+    certificate_chain: Path | None = None
+
+    def __post_init__(self) -> None:
+        for flag, path in self.files().items():
+            if not Path(path).is_file():
+                raise AsenError(f"{flag} {path}: no such file")
+        if bool(self.private_key) != bool(self.certificate_chain):
+            raise AsenError("--private-key and --certificate-chain go together (client TLS)")
+
+    def files(self) -> dict[str, Path]:
+        """The given files by their option name."""
+        named = {
+            "--root-certificates": self.root_certificates,
+            "--private-key": self.private_key,
+            "--certificate-chain": self.certificate_chain,
+        }
+        return {flag: Path(p) for flag, p in named.items() if p is not None}
+
+    def read(self, path: Path | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+
+def parse_headers(items: Sequence[str] | None) -> dict[str, str]:
+    """`K:V` strings (`--header`, repeatable) -> {K: V}; a malformed one is an error."""
+    headers: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition(":")
+        if not sep or not key.strip() or any(c.isspace() for c in key.strip()):
+            raise AsenError(f"--header {item!r}: expected NAME:VALUE (e.g. Host:asen.example.com)")
+        headers[key.strip()] = value.strip()
+    return headers
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise AsenError(f"--protocol {protocol}: expected grpc or http")
+    return protocol
+
+
+class _WithHeaders:
+    """A tritonclient client whose every call that takes `headers` gets these."""
+
+    def __init__(self, client, headers: Mapping[str, str]):
+        self._client, self._headers = client, dict(headers)
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if callable(attr) and "headers" in inspect.signature(attr).parameters:
+            return functools.partial(attr, headers=self._headers)
+        return attr
+
+
+def _grpc_channel_args(authority: str) -> list[tuple]:
+    """tritonclient's default channel options (which `channel_args` replaces) plus the
+    authority."""
+    keepalive = grpcclient.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", 2**31 - 1),
+        ("grpc.max_receive_message_length", 2**31 - 1),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.default_authority", authority),
+    ]
+
+
+def make_client(
+    url: str,
+    protocol: str,
+    *,
+    tls: Tls | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = 60.0,
+):
+    """A tritonclient gRPC or HTTP client for `url` with TLS (when `tls` is given, even
+    empty) and `headers` on every call."""
+    headers = dict(headers or {})
+    if check_protocol(protocol) == "grpc":
+        host = next((headers.pop(k) for k in list(headers) if k.lower() == "host"), None)
+        client = grpcclient.InferenceServerClient(
+            url,
+            ssl=tls is not None,
+            root_certificates=tls.read(tls.root_certificates) if tls else None,
+            private_key=tls.read(tls.private_key) if tls else None,
+            certificate_chain=tls.read(tls.certificate_chain) if tls else None,
+            channel_args=_grpc_channel_args(host) if host else None,
+        )
+        headers = {k.lower(): v for k, v in headers.items()}  # gRPC metadata keys
+    else:
+        options = None
+        if tls is not None:
+            options = {
+                key: str(path)
+                for key, path in (
+                    ("ca_certs", tls.root_certificates),
+                    ("certfile", tls.certificate_chain),
+                    ("keyfile", tls.private_key),
+                )
+                if path
+            }
+        client = httpclient.InferenceServerClient(
+            url,
+            connection_timeout=timeout_s,
+            network_timeout=timeout_s,
+            ssl=tls is not None,
+            ssl_options=options,
+        )
+    return _WithHeaders(client, headers) if headers else client
