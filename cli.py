@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -115,6 +116,50 @@ def data_synth(
     )
 
 
+class Precision(str, Enum):
+    """Training precision: auto picks bf16 where the hardware computes it natively."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def _train_callbacks(progress: Progress, stage: int):
+    """Progress bars and one line an epoch for `asen.train.train`."""
+    from asen.train import TrainCallbacks
+
+    task: dict = {"id": None}
+
+    def epoch_start(epoch: int, first: int, total: int) -> None:
+        task["id"] = progress.add_task(
+            f"stage {stage} epoch {epoch + 1}", total=total, completed=first, info=""
+        )
+
+    def step(s: dict) -> None:
+        info = f"loss {s['loss']:.4f}  {s['triplets_per_s']:.0f} triplets/s"
+        progress.update(task["id"], completed=s["step"], info=info)
+
+    def eval_start(n: int) -> None:
+        task["eval"] = progress.add_task("  validating", total=n, info="")
+
+    def epoch_end(r: dict) -> None:
+        progress.remove_task(task["eval"])
+        console.print(
+            f"epoch {r['epoch']}{' (partial)' if r['partial'] else ''}: loss {r['loss']:.4f}  "
+            f"val mAP {r['val_map']:.4f}  {r['triplets_per_s']:.0f} triplets/s"
+            + (f"  skipped images {r['skipped_images']}" if r["skipped_images"] else "")
+        )
+
+    return TrainCallbacks(
+        epoch_start=epoch_start,
+        step=step,
+        eval_start=eval_start,
+        eval_progress=lambda n: progress.advance(task["eval"], n),
+        epoch_end=epoch_end,
+        message=lambda line: console.print(line, markup=False, highlight=False),
+    )
+
+
 @app.command("train")
 @_errors
 def train_cmd(
@@ -139,6 +184,10 @@ def train_cmd(
     weights: Annotated[
         str | None, typer.Option(help="Backbone weights: 'imagenet' or a local state-dict file.")
     ] = None,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(help="Training precision (default: train.precision, auto: bf16 if native)."),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="DataLoader workers (default: config data.workers).")
     ] = None,
@@ -146,72 +195,45 @@ def train_cmd(
     dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Train ASEN++ (stage 1 or 2) with the reference's triplets, losses and schedules.
-    Runs unchanged under torchrun: one process a GPU, gradients averaged over them."""
+    Runs unchanged under torchrun: one process a GPU, gradients averaged over them.
+    SIGTERM or Ctrl-C finishes the step, validates and saves (then --resume continues)."""
     from asen.config import load_config
     from asen.distributed import is_main, process_group
-    from asen.train import TrainCallbacks, train
+    from asen.train import train
 
     overrides = list(set_ or [])
-    if epochs is not None:
-        overrides.append(f"train.epochs={epochs}")
     if weights is not None:
         overrides.append(f"model.weights={weights}")
+    if precision is not None:
+        overrides.append(f"train.precision={precision.value}")
+    changes: dict[str, Any] = {"data.skip_bad_images": True} if skip_bad_images else {}
+    if epochs is not None:
+        changes["train.epochs"] = epochs
     if workers is not None:
-        overrides.append(f"data.workers={workers}")
-    if skip_bad_images:
-        overrides.append("data.skip_bad_images=true")
-    cfg = load_config(
-        [f"stage{stage}", *(config or [])] if stage in (1, 2) else list(config or []), overrides
-    )
+        changes["data.workers"] = workers
+    cfg = None  # --resume without -c/--set/--weights/--precision: the run's own settings
+    if config or overrides or not resume:
+        stages = [f"stage{stage}"] if stage in (1, 2) else []
+        cfg = load_config([*stages, *(config or [])], overrides)
     with process_group(device, dist_timeout), _progress() as progress:
-        task = {"id": None}
-
-        def epoch_start(epoch: int, first: int, total: int) -> None:
-            task["id"] = progress.add_task(
-                f"stage {stage} epoch {epoch + 1}", total=total, completed=first, info=""
-            )
-
-        def step(s: dict) -> None:
-            progress.update(
-                task["id"],
-                completed=s["step"],
-                info=f"loss {s['loss']:.4f}  {s['triplets_per_s']:.0f} triplets/s",
-            )
-
-        def eval_start(n: int) -> None:
-            task["eval"] = progress.add_task("  validating", total=n, info="")
-
-        def eval_progress(n: int) -> None:
-            progress.advance(task["eval"], n)
-
-        def epoch_end(r: dict) -> None:
-            progress.remove_task(task["eval"])
-            console.print(
-                f"epoch {r['epoch']}{' (partial)' if r['partial'] else ''}: loss {r['loss']:.4f}  "
-                f"val mAP {r['val_map']:.4f}  {r['triplets_per_s']:.0f} triplets/s"
-                + (f"  skipped images {r['skipped_images']}" if r["skipped_images"] else "")
-            )
-
         result = train(
             cfg,
-            data,
-            stage,
-            out,
-            init,
-            time_budget,
-            device,
-            resume,
-            TrainCallbacks(
-                epoch_start,
-                step,
-                eval_start,
-                eval_progress,
-                epoch_end,
-                lambda line: console.print(line, markup=False, highlight=False),
-            ),
+            data_root=data,
+            stage=stage,
+            run_dir=out,
+            init=init,
+            time_budget_min=time_budget,
+            device=device,
+            resume=resume,
+            changes=changes,
+            callbacks=_train_callbacks(progress, stage),
         )
         if not is_main():
             return
+    if result.stopped_by in ("SIGTERM", "SIGINT"):
+        console.print(f"stopped by {result.stopped_by}; saved in {out}: continue with --resume")
+        if result.stopped_by == "SIGINT":
+            raise typer.Exit(130)
     console.print(
         f"best val mAP {result.best_val_map:.4f}; checkpoints in {out} (best.pt, last.pt)"
     )

@@ -67,6 +67,8 @@ class TrainConfig:
     align_weight: float = 0.1
     eval_batch_size: int = 64
     seed: int = 0
+    micro_batch: int = 0  # images a forward pass; 0: per device (CPU 16, CUDA the whole step)
+    precision: str = "auto"  # auto (bf16 where native), fp32 or bf16; validation is fp32
 
 
 @dataclass
