@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import sys
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,17 +17,59 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+import asen
 from asen import AsenError
 
+if TYPE_CHECKING:
+    from asen.encoders import Encoder
+
+console = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def _error_line(message: str) -> None:
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """A bad or missing option value (e.g. an unknown backend name, which lists the valid
+    ones) is one line and exit 1, like every other user mistake."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as e:
+            where = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+            _error_line(f"{e.format_message()}{where}")
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     help="ASEN++ attribute-specific fashion similarity: train, export, serve, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console(soft_wrap=True)
-err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"asen {asen.__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """ASEN++ attribute-specific fashion similarity: train, export, serve, evaluate."""
 
 
 def _errors(fn):
@@ -36,7 +80,7 @@ def _errors(fn):
         try:
             return fn(*args, **kwargs)
         except AsenError as e:
-            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            _error_line(str(e))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[red]interrupted[/red]")
@@ -239,35 +283,58 @@ def train_cmd(
     )
 
 
-def _open_encoder(
-    backend: str,
-    model: str,
-    device: str,
-    batch_size: int,
-    url: str | None = None,
-    protocol: str = "grpc",
-    send_bytes: bool = False,
-):
-    """The Encoder for a backend name (DESIGN contract 4)."""
-    if backend == "torch":
-        from asen.encoders import TorchEncoder
+class BackendName(str, Enum):
+    """The backends an Encoder runs on (docs/architecture.md, "Backends")."""
 
-        return TorchEncoder.from_checkpoint(model, device, batch_size)
-    if backend in ("onnx", "trt"):
-        from export.encoders import open_encoder
+    torch = "torch"
+    onnx = "onnx"
+    trt = "trt"
+    triton = "triton"
 
-        encoder = open_encoder(backend, model, device, batch_size)
-        err.print(encoder.describe(), highlight=False)
-        return encoder
-    if backend == "triton":
-        from client.triton import TritonEncoder
 
-        encoder = TritonEncoder(url, model, protocol, send_bytes, batch_size)
-        err.print(encoder.describe(), highlight=False)
-        return encoder
-    if send_bytes:
-        raise AsenError("--send-bytes applies to --backend triton")
-    raise AsenError(f"--backend {backend}: unknown backend (valid: torch, onnx, trt, triton)")
+@dataclass(frozen=True)
+class BackendEntry:
+    """Where a backend's Encoder class lives (imported when used) and the options its
+    `open` accepts."""
+
+    encoder: str  # "module:Class"
+    options: tuple[str, ...]
+
+    def load(self) -> type[Encoder]:
+        module, _, name = self.encoder.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+BACKENDS: dict[BackendName, BackendEntry] = {
+    BackendName.torch: BackendEntry("asen.encoders:TorchEncoder", ("device", "batch_size")),
+    BackendName.onnx: BackendEntry("export.encoders:OnnxEncoder", ("device", "batch_size")),
+    BackendName.trt: BackendEntry("export.encoders:TrtEncoder", ("device", "batch_size")),
+    BackendName.triton: BackendEntry(
+        "client.triton:TritonEncoder",
+        ("url", "protocol", "send_bytes", "batch_size", "tls", "headers", "shared_memory"),
+    ),
+}
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _open_encoder(backend: BackendName, model: str, **options: Any) -> Encoder:
+    """The Encoder of `backend` for `model`, described on stderr. Options left unset
+    (None, False, "auto") are dropped; a set one the backend cannot honour is one error."""
+    entry = BACKENDS[backend]
+    given = {k: v for k, v in options.items() if not (v is None or v is False or v == "auto")}
+    for option in given:
+        if option not in entry.options:
+            accepted = ", ".join(_flag(o) for o in entry.options)
+            raise AsenError(
+                f"{_flag(option)} does not apply to --backend {backend.value} "
+                f"(its options: {accepted})"
+            )
+    encoder = entry.load().open(model, **given)
+    err.print(encoder.describe(), highlight=False)
+    return encoder
 
 
 def _print_map_table(results: list) -> None:
@@ -295,20 +362,69 @@ ModelArg = Annotated[
         "served model name (triton, e.g. asen)."
     ),
 ]
-Backend = Annotated[str, typer.Option(help="torch, onnx, trt or triton.")]
+Backend = Annotated[BackendName, typer.Option(help="The engine that computes embeddings.")]
 Split = Annotated[str, typer.Option(help="valid or test.")]
 BatchSize = Annotated[int, typer.Option(help="Images per encoder call.")]
 Url = Annotated[
     str | None,
     typer.Option(help="Triton server HOST:PORT (default 127.0.0.1:8001 gRPC, :8000 HTTP)."),
 ]
-Protocol = Annotated[str, typer.Option(help="Triton protocol: grpc or http.")]
+Protocol = Annotated[str | None, typer.Option(help="Triton protocol: grpc (default) or http.")]
 SendBytes = Annotated[
     bool,
     typer.Option(
         "--send-bytes", help="Triton: send encoded image files through the ensemble, not tensors."
     ),
 ]
+Ssl = Annotated[bool, typer.Option("--ssl", help="Triton: connect with TLS (gRPC or HTTPS).")]
+RootCertificates = Annotated[
+    Path | None, typer.Option(help="Triton TLS: PEM root certificates that verify the server.")
+]
+PrivateKey = Annotated[Path | None, typer.Option(help="Triton TLS: the client's PEM private key.")]
+CertificateChain = Annotated[
+    Path | None, typer.Option(help="Triton TLS: the client's PEM certificate chain.")
+]
+Header = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--header",
+        help="Triton: NAME:VALUE sent with every request (repeatable; e.g. Host:NAME for "
+        "KServe behind an ingress).",
+    ),
+]
+SharedMemory = Annotated[
+    str | None,
+    typer.Option(help="Triton: none or system (shared memory with a server on this host)."),
+]
+
+
+def _connection(
+    backend: BackendName | None,
+    ssl: bool,
+    certificates: tuple[Path | None, Path | None, Path | None],
+    *,
+    header: list[str] | None,
+    shared_memory: str | None,
+) -> dict[str, Any]:
+    """The Triton connection options (`tls`, `headers`, `shared_memory`), None where unset;
+    set with another backend, one error."""
+    from client.connection import Tls, parse_headers
+
+    root, key, chain = certificates
+    given = [
+        f
+        for f, v in (("--ssl", ssl), ("--header", header), ("--shared-memory", shared_memory))
+        if v
+    ]
+    if backend not in (None, BackendName.triton) and given:
+        raise AsenError(f"{given[0]} applies to --backend triton")
+    if not ssl and any(certificates):
+        raise AsenError("--root-certificates, --private-key and --certificate-chain need --ssl")
+    return {
+        "tls": Tls(root, key, chain) if ssl else None,
+        "headers": parse_headers(header) or None,
+        "shared_memory": shared_memory,
+    }
 
 
 def _dataset(data: Path, encoder):
@@ -317,38 +433,43 @@ def _dataset(data: Path, encoder):
     return open_dataset(data, encoder.info.attributes)
 
 
-def _embed_split(
-    model: str,
-    data: Path,
-    split: str,
-    backend: str,
-    device: str,
-    batch_size: int,
-    workers: int,
-    skip_bad_images: bool,
-    url: str | None,
-    protocol: str,
-    send_bytes: bool,
-    dist_timeout: float,
-):
-    """Open the backend's Encoder and embed a split (sharded under torchrun); returns
-    (encoder, dataset, embedded) on rank 0 and None on the other ranks."""
+@dataclass(frozen=True)
+class _SplitJob:
+    """What eval and embed embed: a split of a dataset, with a backend's Encoder."""
+
+    backend: BackendName
+    model: str
+    options: dict[str, Any]  # the backend's options as given (see `_open_encoder`)
+    data: Path
+    split: str
+    workers: int
+    skip_bad_images: bool
+
+
+def _embed_split(job: _SplitJob, *, device: str, dist_timeout: float):
+    """Open the backend's Encoder, embed the split (sharded under torchrun) and close it;
+    returns (dataset, embedded) on rank 0 and None on the other ranks."""
     from asen.distributed import is_main, process_group
     from asen.evaluate import embed_split, num_pairs
 
     with process_group(device, dist_timeout):
-        encoder = _open_encoder(backend, model, device, batch_size, url, protocol, send_bytes)
-        dataset = _dataset(data, encoder)
-        with _progress() as progress:
-            total = num_pairs(dataset, split)
-            task = progress.add_task(f"encoding {split} ({backend})", total=total, info="")
-            embedded = embed_split(
-                encoder, dataset, split, batch_size, workers, skip_bad_images,
-                lambda n: progress.advance(task, n),
-            )  # fmt: skip
+        with _open_encoder(job.backend, job.model, device=device, **job.options) as encoder:
+            dataset = _dataset(job.data, encoder)
+            with _progress() as progress:
+                total = num_pairs(dataset, job.split)
+                what = f"encoding {job.split} ({job.backend.value})"
+                task = progress.add_task(what, total=total, info="")
+                embedded = embed_split(
+                    encoder,
+                    dataset,
+                    job.split,
+                    workers=job.workers,
+                    skip_bad=job.skip_bad_images,
+                    progress=lambda n: progress.advance(task, n),
+                )
         if not is_main():
             return None
-    return encoder, dataset, embedded
+    return dataset, embedded
 
 
 @app.command("eval")
@@ -357,7 +478,7 @@ def eval_cmd(
     model: ModelArg,
     data: DataRoot,
     split: Split = "test",
-    backend: Backend = "torch",
+    backend: Backend = BackendName.torch,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the figures as JSON.")
     ] = None,
@@ -366,29 +487,36 @@ def eval_cmd(
     workers: Workers = 2,
     skip_bad_images: SkipBad = False,
     url: Url = None,
-    protocol: Protocol = "grpc",
+    protocol: Protocol = None,
     send_bytes: SendBytes = False,
+    ssl: Ssl = False,
+    root_certificates: RootCertificates = None,
+    private_key: PrivateKey = None,
+    certificate_chain: CertificateChain = None,
+    header: Header = None,
+    shared_memory: SharedMemory = None,
     dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Per-attribute and overall mAP (the paper's protocol) through any backend."""
+    from asen.atomic import atomic_write_text
     from asen.evaluate import score
 
-    done = _embed_split(
-        model, data, split, backend, device, batch_size, workers, skip_bad_images, url,
-        protocol, send_bytes, dist_timeout,
-    )  # fmt: skip
+    options = {"batch_size": batch_size, "url": url, "protocol": protocol, "send_bytes": send_bytes}
+    certificates = (root_certificates, private_key, certificate_chain)
+    options |= _connection(backend, ssl, certificates, header=header, shared_memory=shared_memory)
+    job = _SplitJob(backend, model, options, data, split, workers, skip_bad_images)
+    done = _embed_split(job, device=device, dist_timeout=dist_timeout)
     if done is None:
         return
-    encoder, dataset, embedded = done
-    result = score(embedded, dataset.names, encoder.backend, split)
+    dataset, embedded = done
+    result = score(embedded, dataset.names, backend=backend.value, split=split)
     _print_map_table([result])
     if result.skipped:
         console.print(
             f"[yellow]skipped {result.skipped} entries whose image could not be decoded[/yellow]"
         )
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        atomic_write_text(json_out, json.dumps(result.to_json(), indent=2) + "\n")
         console.print(f"wrote {json_out}")
 
 
@@ -399,24 +527,31 @@ def embed_cmd(
     data: DataRoot,
     out: Annotated[Path, typer.Option(help="Output .npz file.")],
     split: Split = "test",
-    backend: Backend = "torch",
+    backend: Backend = BackendName.torch,
     device: Device = "auto",
     batch_size: BatchSize = 64,
     workers: Workers = 2,
     skip_bad_images: SkipBad = False,
     url: Url = None,
-    protocol: Protocol = "grpc",
+    protocol: Protocol = None,
     send_bytes: SendBytes = False,
+    ssl: Ssl = False,
+    root_certificates: RootCertificates = None,
+    private_key: PrivateKey = None,
+    certificate_chain: CertificateChain = None,
+    header: Header = None,
+    shared_memory: SharedMemory = None,
     dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Embed every query and candidate entry of a split into an .npz file."""
-    done = _embed_split(
-        model, data, split, backend, device, batch_size, workers, skip_bad_images, url,
-        protocol, send_bytes, dist_timeout,
-    )  # fmt: skip
+    options = {"batch_size": batch_size, "url": url, "protocol": protocol, "send_bytes": send_bytes}
+    certificates = (root_certificates, private_key, certificate_chain)
+    options |= _connection(backend, ssl, certificates, header=header, shared_memory=shared_memory)
+    job = _SplitJob(backend, model, options, data, split, workers, skip_bad_images)
+    done = _embed_split(job, device=device, dist_timeout=dist_timeout)
     if done is None:
         return
-    _, dataset, embedded = done
+    dataset, embedded = done
     embedded.save(out, dataset.names)
     console.print(
         f"wrote {out}: {len(embedded.embeddings)} embeddings of dim {embedded.embeddings.shape[1]}"
@@ -502,6 +637,94 @@ def serve_cmd(
     console.print("tritonserver stopped")
 
 
+def _levels_table(levels: list, title: str) -> Table:
+    """perf_analyzer's figures, one row a concurrency level."""
+    table = Table(title=title, caption="latency, server queue and compute in ms")
+    for name in ("concurrency", "images/s", "p50", "p90", "p99", "queue", "compute", "batch/exec"):
+        table.add_column(name, justify="right")
+    for v in levels:
+        table.add_row(
+            str(v.concurrency),
+            f"{v.throughput:.1f}",
+            *(f"{x:.2f}" for x in (v.p50_ms, v.p90_ms, v.p99_ms, v.queue_ms, v.compute_ms)),
+            f"{v.batch_per_execution:.2f}",
+        )
+    return table
+
+
+bench_app = typer.Typer(help="Load tests.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("serve")
+@_errors
+def bench_serve_cmd(
+    url: Annotated[str, typer.Option(help="The server's HOST:PORT (gRPC or HTTP port).")],
+    model: Annotated[str, typer.Option(help="Served encoder model, e.g. asen_onnx.")],
+    protocol: Annotated[str, typer.Option(help="grpc or http.")] = "grpc",
+    model_version: Annotated[
+        str | None, typer.Option(help="Model version (default: the server's latest).")
+    ] = None,
+    concurrency: Annotated[
+        str,
+        typer.Option(help="Concurrency levels: first, last and step (e.g. 1:16:1), or one (8)."),
+    ] = "1:16:1",
+    batch_size: Annotated[int, typer.Option(help="Images per request.")] = 1,
+    shared_memory: Annotated[
+        str, typer.Option(help="none or system (the server must be on this host).")
+    ] = "none",
+    input_data: Annotated[
+        Path | None,
+        typer.Option(help="Dataset root: its test queries as inputs (default: random images)."),
+    ] = None,
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="Write perf_analyzer's CSV.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a throughput-latency plot (PNG).")
+    ] = None,
+    measurement_interval: Annotated[
+        int, typer.Option(help="perf_analyzer's measurement window (ms).")
+    ] = 5000,
+    stability: Annotated[
+        int, typer.Option(help="perf_analyzer's stability threshold (percent).")
+    ] = 10,
+    ssl: Ssl = False,
+    root_certificates: RootCertificates = None,
+    private_key: PrivateKey = None,
+    certificate_chain: CertificateChain = None,
+    header: Header = None,
+) -> None:
+    """Sweep concurrency on a running server with NVIDIA's perf_analyzer (real inputs)."""
+    from client.perf import Sweep, Target, run_sweep
+    from client.perf_report import plot as plot_levels
+
+    sweep = Sweep.parse(concurrency)
+    certificates = (root_certificates, private_key, certificate_chain)
+    connection = _connection(None, ssl, certificates, header=header, shared_memory=None)
+    target = Target(
+        url, model, protocol, model_version or "", connection["tls"], connection["headers"] or {}
+    )
+    with console.status(f"perf_analyzer: {model} at {url}, concurrency {sweep}"):
+        levels = run_sweep(
+            target,
+            sweep=sweep,
+            batch_size=batch_size,
+            shared_memory=shared_memory,
+            input_data=input_data,
+            csv_out=csv_out,
+            interval_ms=measurement_interval,
+            stability=stability,
+        )
+    title = f"{model} at {url} ({protocol}, batch {batch_size}, shared memory {shared_memory})"
+    console.print(_levels_table(levels, title))
+    if csv_out:
+        console.print(f"wrote {csv_out}")
+    if plot:
+        plot_levels(levels, plot, f"{model} ({protocol}, batch {batch_size}, shm {shared_memory})")
+        console.print(f"wrote {plot}")
+
+
 @app.command("index")
 @_errors
 def index_cmd(
@@ -524,6 +747,13 @@ def index_cmd(
         bool,
         typer.Option("--include-queries", help="Also index the split's queries (default: not)."),
     ] = False,
+    repo: Annotated[
+        Path | None,
+        typer.Option(help="Also add the index to this model repository as model asen_search."),
+    ] = None,
+    encoder: Annotated[
+        str, typer.Option(help="With --repo: the encoder model asen_search calls.")
+    ] = "asen_onnx",
 ) -> None:
     """Build one FAISS inner-product index per attribute from an embeddings file."""
     from asen.search import SearchIndex, load_embeddings
@@ -531,14 +761,31 @@ def index_cmd(
     with console.status(f"indexing {gallery}"):
         embedded, names = load_embeddings(gallery)
         index = SearchIndex.build(
-            embedded, names, ivf, include_queries, nprobe, data, str(gallery.resolve())
+            embedded,
+            names,
+            ivf=ivf,
+            include_queries=include_queries,
+            nprobe=nprobe,
+            data_root=data,
+            source=str(gallery.resolve()),
         )
+        if repo is not None:
+            from export.search_model import record_encoder
+
+            record_encoder(
+                index, embedded, data_root=data, repo=repo, encoder=encoder, source=str(gallery)
+            )
         index.save(out)
     counts = ", ".join(f"{n} {c}" for n, c in zip(names, index.manifest["counts"], strict=True))
     console.print(
         f"wrote {out}: {index.manifest['kind']} index of dim {index.dim}; entries: {counts}",
         highlight=False,
     )
+    if repo is not None:
+        from export.search_model import add_search_model
+
+        version = add_search_model(repo, index, encoder)
+        console.print(f"wrote {version} (model asen_search, encoder {encoder})", highlight=False)
 
 
 @app.command("search")
@@ -546,8 +793,15 @@ def index_cmd(
 def search_cmd(
     image: Annotated[Path, typer.Argument(help="Query image file.")],
     attr: Annotated[str, typer.Option("--attr", help="Attribute to match on (name or number).")],
-    index: Annotated[Path, typer.Option("--index", help="Index folder (`asen index`).")],
-    backend: Backend = "torch",
+    index: Annotated[
+        Path | None,
+        typer.Option(
+            "--index",
+            help="Index folder (`asen index`); omit it with --backend triton to query the "
+            "served asen_search model.",
+        ),
+    ] = None,
+    backend: Backend = BackendName.torch,
     model: Annotated[
         str | None,
         typer.Option(
@@ -572,45 +826,80 @@ def search_cmd(
     ] = None,
     device: Device = "auto",
     url: Url = None,
-    protocol: Protocol = "grpc",
+    protocol: Protocol = None,
 ) -> None:
     """Find the gallery items most similar to an image in one attribute."""
     from dataclasses import asdict
 
+    from asen.atomic import atomic_write_text
     from asen.search import SearchIndex, attribute_id, query
 
-    gallery = SearchIndex.load(index)
-    a = attribute_id(attr, gallery.names)
-    if model is None and backend != "triton":
-        raise AsenError(f"--model is required for --backend {backend}")
-    encoder = _open_encoder(backend, model or "asen", device, 1, url, protocol)
-    _, hits = query(encoder, gallery, image, a, top, nprobe)
-    table = Table(title=f"{image.name}: same {gallery.names[a]} ({backend})")
+    if index is None:
+        if backend != BackendName.triton or html:
+            raise AsenError("--index is required (except with --backend triton and no --html)")
+        hits, attr_name = _served_search(image, attr, top, nprobe, url, protocol, model)
+    else:
+        gallery = SearchIndex.load(index)
+        a = attribute_id(attr, gallery.names)
+        if model is None and backend != BackendName.triton:
+            raise AsenError(f"--model is required for --backend {backend.value}")
+        options = {"device": device, "batch_size": 1, "url": url, "protocol": protocol}
+        with _open_encoder(backend, model or "asen", **options) as encoder:
+            _, hits = query(encoder, gallery, image, attribute=a, k=top, nprobe=nprobe)
+        attr_name = gallery.names[a]
+    table = Table(title=f"{image.name}: same {attr_name} ({backend.value})")
     for column in ("#", "score", "value", "path"):
         table.add_column(column, justify="right" if column != "path" else "left")
     for h in hits:
         table.add_row(str(h.rank), f"{h.score:.4f}", str(h.value), h.path)
     console.print(table)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps([asdict(h) for h in hits], indent=2) + "\n")
+        atomic_write_text(json_out, json.dumps([asdict(h) for h in hits], indent=2) + "\n")
         console.print(f"wrote {json_out}")
     if html:
-        from asen.checkpoint import load_model
-        from asen.visualize import explain, write_search_page
-
-        note = ""
-        net = encoder.model if backend == "torch" else None
-        if net is None and checkpoint is not None:
-            net, _ = load_model(checkpoint)
-        if net is None:
-            note = f"No attention map: --backend {backend} has no PyTorch model; pass --checkpoint."
-        explanation = explain(net, image, [a]) if net is not None else None
-        html.parent.mkdir(parents=True, exist_ok=True)
+        if checkpoint is None and backend == BackendName.torch:
+            checkpoint = Path(model)
         count, kind = gallery.manifest["counts"][a], gallery.manifest["kind"]
-        subtitle = f"{backend}: {model or 'asen'} · index {index} ({kind}, {count} items)"
-        write_search_page(html, image, a, hits, gallery, explanation, subtitle, note)
+        subtitle = f"{backend.value}: {model or 'asen'} · index {index} ({kind}, {count} items)"
+        _search_page(html, image, a, hits, gallery, checkpoint=checkpoint, subtitle=subtitle)
         console.print(f"wrote {html}")
+
+
+def _served_search(
+    image: Path, attr: str, top: int, nprobe: int | None, url, protocol, model: str | None
+) -> tuple[list, str]:
+    """One query to the served asen_search model: (hits, attribute name)."""
+    from asen.search import attribute_id
+    from client.search import SEARCH_MODEL, ServedSearch
+
+    if not image.is_file():
+        raise AsenError(f"{image}: no such image file")
+    with ServedSearch(url, model or SEARCH_MODEL, protocol or "grpc") as served:
+        name = served.names[attribute_id(attr, served.names)]
+        return served.search(image.read_bytes(), name, top, nprobe), name
+
+
+def _search_page(
+    out: Path, image: Path, attribute: int, hits: list, gallery, *, checkpoint, subtitle: str
+) -> None:
+    """The results page, with the attention map when a PyTorch checkpoint is at hand."""
+    from asen.checkpoint import load_model
+    from asen.visualize import explain, write_search_page
+
+    explanation, note = None, "No attention map: no PyTorch model; pass --checkpoint."
+    if checkpoint is not None:
+        net, _ = load_model(checkpoint)
+        explanation, note = explain(net, image, [attribute]), ""
+    write_search_page(
+        out,
+        image,
+        attribute,
+        hits=hits,
+        index=gallery,
+        explanation=explanation,
+        subtitle=subtitle,
+        note=note,
+    )
 
 
 @app.command("explain")

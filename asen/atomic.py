@@ -5,6 +5,7 @@ no temporary file behind (the temporary is removed on any exception)."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +52,31 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """A temporary folder beside `path` (usual umask permissions, not mkdtemp's 0700) for
+    the block to fill; when the block ends without error it takes the place of `path` (a
+    folder already there is moved aside first and removed once the new one is in place).
+    On failure the temporary folder is removed and `path` is as it was. Whether `path` may
+    be replaced is the caller's decision."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}."))
+    old = tmp.with_name(f"{tmp.name}.old")
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

@@ -3,8 +3,6 @@ and attribute names so that nothing else is needed to use them."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,25 +10,16 @@ import torch
 
 import asen
 from asen import AsenError
-from asen.config import AttributeSpec, Config, config_from_dict
+from asen.atomic import atomic_write
+from asen.config import AttributeSpec, Config, attributes_from_dicts, config_from_dict
 from asen.model.asen import ASENPP
 
 FORMAT = "asen-checkpoint/1"
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` through `asen.atomic`: a failed write leaves the previous file."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def make_checkpoint(
@@ -41,7 +30,7 @@ def make_checkpoint(
         "asen_version": asen.__version__,
         "stage": model.stage,
         "config": cfg.to_dict(),
-        "attributes": [{"name": a.name, "values": a.values} for a in attributes],
+        "attributes": [a.to_dict() for a in attributes],
         "model": model.state_dict(),
         **state,
     }
@@ -65,7 +54,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def checkpoint_attributes(ckpt: dict) -> list[AttributeSpec]:
-    return [AttributeSpec(a["name"], a["values"]) for a in ckpt["attributes"]]
+    return attributes_from_dicts(ckpt["attributes"])
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[ASENPP, dict]:

@@ -24,6 +24,20 @@ class AttributeSpec:
     name: str
     values: int
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> AttributeSpec:
+        """`{name, values}` (a config, `dataset.yaml`, a checkpoint) -> AttributeSpec."""
+        return cls(str(raw["name"]), int(raw["values"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "values": self.values}
+
+
+def attributes_from_dicts(raw: list) -> list[AttributeSpec]:
+    """A list of `{name, values}` mappings; a malformed entry raises KeyError, TypeError or
+    ValueError for the caller to name its source."""
+    return [a if isinstance(a, AttributeSpec) else AttributeSpec.from_dict(a) for a in raw]
+
 
 @dataclass
 class DataConfig:
@@ -50,7 +64,12 @@ class ModelConfig:
 
     @property
     def source_size(self) -> int:
+        """S: the model's input size, twice the global branch's."""
         return 2 * self.image_size
+
+    def embedding_dim(self, stage: int) -> int:
+        """D: `embed_dim` for stage 1; stage 2 concatenates the local branch's."""
+        return self.embed_dim * (2 if stage == 2 else 1)
 
 
 @dataclass
@@ -132,12 +151,7 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     if key == "data.attributes":
         try:
-            return [
-                a
-                if isinstance(a, AttributeSpec)
-                else AttributeSpec(str(a["name"]), int(a["values"]))
-                for a in value
-            ]
+            return attributes_from_dicts(value)
         except (TypeError, KeyError, ValueError) as e:
             raise AsenError(f"{source}: data.attributes must be a list of {{name, values}}") from e
     if default is None:  # optional field (model.weights): any value, None included

@@ -1,108 +1,150 @@
-"""The Encoder protocol (DESIGN contract 4) and its PyTorch implementation.
+"""Encoders: the one base class of every backend (docs/architecture.md, "Backends") and
+its PyTorch implementation.
 
 An Encoder maps uint8 images [B,3,S,S] and int64 attribute ids [B] (numpy) to float32
-embeddings [B,D]. Evaluation, embedding and search take any Encoder, so every backend
+embeddings [B,D]. The base class owns the input checks, the batching to the backend's
+largest batch, decoding image files with the one preprocessing function (`encode_files`),
+and `close()` with context-manager behaviour; a backend implements `encode_batch`,
+`describe` and `open`. Evaluation, embedding and search take any Encoder, so every backend
 (torch, onnx, trt, triton) is measured by the same code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
-import asen
 from asen import AsenError
-from asen.config import AttributeSpec
+from asen.data.datasets import EntryImages, batches, make_loader
+from asen.model.shape import ModelInfo
+
+InputKind = Literal["tensors", "files"]
+Progress = Callable[[int], None]
 
 
-@dataclass
-class ModelInfo:
-    """What a user of an exported artifact needs to know; stored beside every artifact."""
-
-    attributes: list[AttributeSpec]
-    source_size: int
-    dim: int
-    beta: float
-    stage: int
-    asen_version: str = asen.__version__
-
-    @property
-    def names(self) -> list[str]:
-        return [a.name for a in self.attributes]
-
-    def to_metadata(self) -> dict[str, str]:
-        """Flat string metadata (ONNX metadata_props, Triton parameters, JSON sidecars)."""
-        return {
-            "asen_version": self.asen_version,
-            "attribute_names": ",".join(self.names),
-            "attribute_values": ",".join(str(a.values) for a in self.attributes),
-            "source_size": str(self.source_size),
-            "embedding_dim": str(self.dim),
-            "beta": str(self.beta),
-            "stage": str(self.stage),
-        }
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, str], source: str = "metadata") -> ModelInfo:
-        try:
-            names = meta["attribute_names"].split(",")
-            counts = [int(v) for v in meta["attribute_values"].split(",")]
-            return cls(
-                attributes=[AttributeSpec(n, c) for n, c in zip(names, counts, strict=True)],
-                source_size=int(meta["source_size"]),
-                dim=int(meta["embedding_dim"]),
-                beta=float(meta["beta"]),
-                stage=int(meta["stage"]),
-                asen_version=meta.get("asen_version", "unknown"),
-            )
-        except (KeyError, ValueError) as e:
-            raise AsenError(f"{source}: missing or malformed asen metadata ({e})") from e
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> ModelInfo:
-        model = ckpt["config"]["model"]
-        stage = int(ckpt["stage"])
-        return cls(
-            attributes=[AttributeSpec(a["name"], a["values"]) for a in ckpt["attributes"]],
-            source_size=2 * int(model["image_size"]),
-            dim=int(model["embed_dim"]) * (2 if stage == 2 else 1),
-            beta=float(model["beta"]),
-            stage=stage,
-            asen_version=ckpt.get("asen_version", "unknown"),
+def check_attributes(attributes: Any, n: int, info: ModelInfo) -> np.ndarray:
+    """int64 [n] attribute ids, each a valid id of the model; else one clear line."""
+    attributes = np.asarray(attributes, dtype=np.int64)
+    if attributes.shape != (n,):
+        raise AsenError(f"attributes must be [B] with B={n}, got {list(attributes.shape)}")
+    count = len(info.attributes)
+    bad = attributes[(attributes < 0) | (attributes >= count)]
+    if len(bad):
+        raise AsenError(
+            f"attribute id {int(bad[0])} out of range (0..{count - 1}: {', '.join(info.names)})"
         )
+    return attributes
 
 
-@runtime_checkable
-class Encoder(Protocol):
-    """encode(images uint8 [B,3,S,S], attributes int64 [B]) -> float32 [B,D]."""
-
-    backend: str
-    info: ModelInfo
-
-    def encode(self, images: np.ndarray, attributes: np.ndarray) -> np.ndarray: ...
-
-
-def check_inputs(images: np.ndarray, attributes: np.ndarray, info: ModelInfo) -> None:
-    """Reject what no backend could encode, with one clear line."""
+def check_inputs(images: np.ndarray, attributes: Any, info: ModelInfo) -> np.ndarray:
+    """Reject what no backend could encode, with one clear line; returns int64 attributes."""
     s = info.source_size
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (3, s, s):
         raise AsenError(
             f"images must be uint8 [B,3,{s},{s}], got {images.dtype} {list(images.shape)}"
         )
-    if attributes.ndim != 1 or len(attributes) != len(images):
-        raise AsenError(
-            f"attributes must be [B] with B={len(images)}, got {list(attributes.shape)}"
+    return check_attributes(attributes, len(images), info)
+
+
+class Encoder(ABC):
+    """encode(images uint8 [B,3,S,S], attributes int64 [B]) -> float32 [B,D], any backend."""
+
+    backend: ClassVar[str]  # the name on the command line: torch, onnx, trt, triton
+    info: ModelInfo
+    batch_size: int  # the most images one `encode_batch` call receives
+
+    @classmethod
+    @abstractmethod
+    def open(cls, model: str, **options: Any) -> Encoder:
+        """The encoder for a model as named on the command line (a checkpoint, an artifact
+        or repository, a served model name), with the options its backend accepts."""
+
+    @abstractmethod
+    def encode_batch(self, images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+        """One checked batch of at most `batch_size`: contiguous uint8 [b,3,S,S] and
+        int64 [b] -> float32 [b,D]."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line: the engine, where it runs and what it runs."""
+
+    @property
+    def input_kind(self) -> InputKind:
+        """What `encode_files` sends the backend: decoded `tensors` (the default) or the
+        encoded `files`, which the backend decodes with the same preprocessing function."""
+        return "tensors"
+
+    def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to release
+        """Release what the backend holds (threads, connections); the default holds none."""
+
+    def __enter__(self) -> Encoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def empty(self) -> np.ndarray:
+        return np.zeros((0, self.info.dim), np.float32)
+
+    def slices(self, n: int) -> list[slice]:
+        """The batches of at most `batch_size` that `n` items are sent in."""
+        return [slice(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+
+    def map_batches(self, fn: Callable[[slice], Any], parts: list[slice]) -> Iterable[Any]:
+        """`fn` over the batches, results in order; a backend may run them concurrently."""
+        return map(fn, parts)
+
+    def encode(self, images: np.ndarray, attributes: Any) -> np.ndarray:
+        """uint8 [B,3,S,S] images and int64 [B] attribute ids -> float32 [B,D]."""
+        attributes = check_inputs(images, attributes, self.info)
+
+        def one(part: slice) -> np.ndarray:
+            return self.encode_batch(np.ascontiguousarray(images[part]), attributes[part])
+
+        out = list(self.map_batches(one, self.slices(len(images))))
+        return np.concatenate(out) if out else self.empty()
+
+    def encode_files(
+        self,
+        files: Sequence[str | Path],
+        attributes: Any,
+        *,
+        skip_bad: bool = False,
+        progress: Progress | None = None,
+        batch_size: int | None = None,
+        workers: int = 2,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of image files for int64 [N] attribute ids: float32 [N,D] and the mask
+        of images decoded (all True unless `skip_bad`; otherwise an undecodable image
+        raises BadImageError naming the file). This default decodes with the one
+        preprocessing function in `workers` DataLoader processes, `batch_size` images at a
+        time (default: the encoder's), and encodes the tensors."""
+        attributes = check_attributes(attributes, len(files), self.info)
+        data = EntryImages(
+            [Path(f) for f in files],
+            np.arange(len(files)),
+            attributes,
+            self.info.source_size,
+            skip_bad,
         )
-    n = len(info.attributes)
-    bad = attributes[(attributes < 0) | (attributes >= n)]
-    if len(bad):
-        raise AsenError(
-            f"attribute id {int(bad[0])} out of range (0..{n - 1}: {', '.join(info.names)})"
-        )
+        out = np.zeros((len(files), self.info.dim), dtype=np.float32)
+        ok = np.zeros(len(files), dtype=bool)
+        for images, attrs, index, good in batches(
+            make_loader(data, batch_size or self.batch_size, workers)
+        ):
+            good = good.numpy()
+            index = index.numpy()[good]
+            if len(index):
+                out[index] = self.encode(images.numpy()[good], attrs.numpy()[good])
+                ok[index] = True
+            if progress:
+                progress(len(good))
+        return out, ok
 
 
 def resolve_device(device: str) -> torch.device:
@@ -116,19 +158,29 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class TorchEncoder:
+CPU = torch.device("cpu")
+
+
+class TorchEncoder(Encoder):
     """Runs a checkpoint (or a model in memory) with PyTorch."""
 
     backend = "torch"
 
     def __init__(
-        self, model: torch.nn.Module, info: ModelInfo, device: torch.device, batch_size: int = 64
+        self,
+        model: torch.nn.Module,
+        info: ModelInfo,
+        device: torch.device = CPU,
+        *,
+        batch_size: int = 64,
+        source: str = "model in memory",
     ):
-        self.model, self.info, self.device, self.batch_size = model, info, device, batch_size
+        self.model, self.info, self.device = model, info, device
+        self.batch_size, self.source = max(1, batch_size), source
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "auto", batch_size: int = 64
+        cls, path: str | Path, device: str = "auto", *, batch_size: int = 64
     ) -> TorchEncoder:
         from asen.checkpoint import load_model
 
@@ -136,18 +188,27 @@ class TorchEncoder:
         model, ckpt = load_model(path, dev)
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        return cls(model, ModelInfo.from_checkpoint(ckpt), dev, batch_size)
+        info = ModelInfo.from_checkpoint(ckpt)
+        return cls(model, info, dev, batch_size=batch_size, source=str(path))
 
-    @torch.inference_mode()
-    def encode(self, images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
-        attributes = np.asarray(attributes, dtype=np.int64)
-        check_inputs(images, attributes, self.info)
+    @classmethod
+    def open(cls, model: str, *, device: str = "auto", batch_size: int = 64) -> TorchEncoder:
+        return cls.from_checkpoint(model, device, batch_size=batch_size)
+
+    def describe(self) -> str:
+        return f"PyTorch {torch.__version__} on {self.device}: {self.source}"
+
+    def encode(self, images: np.ndarray, attributes: Any) -> np.ndarray:
+        """As the base class's, in eval mode (a model in training is put back after)."""
         was_training = self.model.training
         self.model.eval()
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            x = torch.from_numpy(images[i : i + self.batch_size]).to(self.device)
-            a = torch.from_numpy(attributes[i : i + self.batch_size]).to(self.device)
-            out.append(self.model(x, a).float().cpu().numpy())
-        self.model.train(was_training)
-        return np.concatenate(out) if out else np.zeros((0, self.info.dim), np.float32)
+        try:
+            return super().encode(images, attributes)
+        finally:
+            self.model.train(was_training)
+
+    @torch.inference_mode()
+    def encode_batch(self, images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(images).to(self.device)
+        a = torch.from_numpy(attributes).to(self.device)
+        return self.model(x, a).float().cpu().numpy()

@@ -1,23 +1,19 @@
-"""Evaluation and embedding of a split through any Encoder (DESIGN contracts 4 and 5)."""
+"""Evaluation and embedding of a split through any Encoder (docs/architecture.md,
+"Backends" and "mAP protocol")."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from asen import AsenError, distributed
-from asen.data.datasets import EntryImages, batches, make_loader
+from asen.atomic import atomic_write
 from asen.data.splits import SplitDataset
-from asen.encoders import Encoder
+from asen.encoders import Encoder, Progress
 from asen.metrics import mean_average_precision
-
-Progress = Callable[[int], None]
 
 
 @dataclass
@@ -34,24 +30,16 @@ class EmbeddedSplit:
 
     def save(self, path: Path, attribute_names: list[str]) -> None:
         """Write the .npz atomically (a rerun redoes it; no partial file is ever left)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh,
-                    embeddings=self.embeddings,
-                    image_ids=self.image_ids,
-                    attributes=self.attributes,
-                    values=self.values,
-                    is_query=self.is_query,
-                    paths=np.asarray(self.paths),
-                    attribute_names=np.asarray(attribute_names),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        arrays = {
+            "embeddings": self.embeddings,
+            "image_ids": self.image_ids,
+            "attributes": self.attributes,
+            "values": self.values,
+            "is_query": self.is_query,
+            "paths": np.asarray(self.paths),
+            "attribute_names": np.asarray(attribute_names),
+        }
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 @dataclass
@@ -96,46 +84,20 @@ def _check_compatible(encoder: Encoder, dataset: SplitDataset) -> None:
         )
 
 
-def embed_entries(
-    encoder: Encoder,
-    files: list[Path],
-    image_ids: np.ndarray,
-    attributes: np.ndarray,
-    batch_size: int = 64,
-    workers: int = 2,
-    skip_bad: bool = False,
-    progress: Progress | None = None,
-):
-    """Embeddings [N, D] of (image, attribute) entries, and a mask of those decoded. An
-    encoder that decodes files itself (`send_bytes`, e.g. Triton's ensemble) gets the files."""
-    if getattr(encoder, "send_bytes", False):
-        paths = [files[i] for i in image_ids]
-        return encoder.encode_files(paths, attributes, skip_bad, progress)
-    data = EntryImages(files, image_ids, attributes, encoder.info.source_size, skip_bad)
-    out = np.zeros((len(image_ids), encoder.info.dim), dtype=np.float32)
-    ok = np.zeros(len(image_ids), dtype=bool)
-    for images, attrs, index, good in batches(make_loader(data, batch_size, workers)):
-        good = good.numpy()
-        index = index.numpy()[good]
-        if len(index):
-            out[index] = encoder.encode(images.numpy()[good], attrs.numpy()[good].astype(np.int64))
-            ok[index] = True
-        if progress:
-            progress(len(good))
-    return out, ok
-
-
 def embed_split(
     encoder: Encoder,
     dataset: SplitDataset,
     split: str,
-    batch_size: int = 64,
+    *,
+    batch_size: int | None = None,
     workers: int = 2,
     skip_bad: bool = False,
     progress: Progress | None = None,
 ) -> EmbeddedSplit:
-    """Embed every query and candidate entry of an evaluation split. Under torchrun each
-    process encodes its share of the entries and every process gets them all."""
+    """Embed every query and candidate entry of an evaluation split with
+    `encoder.encode_files` (`batch_size` images decoded at a time, default the encoder's).
+    Under torchrun each process encodes its share of the entries and every process gets
+    them all."""
     _check_compatible(encoder, dataset)
     entries = dataset.eval_entries(split)
     rows = np.concatenate([entries.queries, entries.candidates])
@@ -143,8 +105,13 @@ def embed_split(
     # an (image, attribute) pair is encoded once even if it is listed twice
     pairs, inverse = np.unique(rows[:, :2], axis=0, return_inverse=True)
     mine = pairs[distributed.shard(len(pairs))]
-    emb, ok = embed_entries(
-        encoder, entries.files, mine[:, 0], mine[:, 1], batch_size, workers, skip_bad, progress
+    emb, ok = encoder.encode_files(
+        [entries.files[i] for i in mine[:, 0]],
+        mine[:, 1],
+        skip_bad=skip_bad,
+        progress=progress,
+        batch_size=batch_size,
+        workers=workers,
     )
     emb, ok = distributed.all_gather_array(emb), distributed.all_gather_array(ok)
     keep = ok[inverse.reshape(-1)]
@@ -169,7 +136,7 @@ def num_pairs(dataset: SplitDataset, split: str) -> int:
     return len(range(n)[distributed.shard(n)])
 
 
-def score(embedded: EmbeddedSplit, names: list[str], backend: str, split: str) -> EvalResult:
+def score(embedded: EmbeddedSplit, names: list[str], *, backend: str, split: str) -> EvalResult:
     """The paper's mAP over an embedded split."""
     q, c = embedded.is_query, ~embedded.is_query
     result = mean_average_precision(
@@ -195,11 +162,20 @@ def evaluate(
     encoder: Encoder,
     dataset: SplitDataset,
     split: str = "test",
-    batch_size: int = 64,
+    *,
+    batch_size: int | None = None,
     workers: int = 2,
     skip_bad: bool = False,
     progress: Progress | None = None,
 ) -> EvalResult:
     """Embed a split with `encoder` and compute the paper's mAP."""
-    embedded = embed_split(encoder, dataset, split, batch_size, workers, skip_bad, progress)
+    embedded = embed_split(
+        encoder,
+        dataset,
+        split,
+        batch_size=batch_size,
+        workers=workers,
+        skip_bad=skip_bad,
+        progress=progress,
+    )
     return score(embedded, dataset.names, encoder.backend, split)

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import numpy as np
 
 import asen
 from asen import AsenError
+from asen.atomic import atomic_folder, atomic_write, atomic_write_bytes, atomic_write_text
 from asen.data.images import load_image
 from asen.encoders import Encoder
 from asen.evaluate import EmbeddedSplit
@@ -125,6 +123,7 @@ class SearchIndex:
         cls,
         gallery: EmbeddedSplit,
         names: list[str],
+        *,
         ivf: bool = False,
         include_queries: bool = False,
         nprobe: int = DEFAULT_NPROBE,
@@ -180,19 +179,11 @@ class SearchIndex:
         if out.exists() and not (out / "manifest.json").is_file():
             if not out.is_dir() or any(out.iterdir()):
                 raise AsenError(f"{out}: exists and is not an index folder; choose another --out")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-        try:
-            np.savez(tmp / "items.npz", **self.items)
+        with atomic_folder(out) as tmp:
+            atomic_write(tmp / "items.npz", lambda fh: np.savez(fh, **self.items))
             for a, index in self._indexes.items():
-                faiss.write_index(index, str(tmp / f"attr_{a}.faiss"))
-            (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2) + "\n")
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                atomic_write_bytes(tmp / f"attr_{a}.faiss", faiss.serialize_index(index).tobytes())
+            atomic_write_text(tmp / "manifest.json", json.dumps(self.manifest, indent=2) + "\n")
         self.path = out
 
     @classmethod
@@ -245,6 +236,7 @@ def query(
     encoder: Encoder,
     index: SearchIndex,
     image: Path,
+    *,
     attribute: int,
     k: int = 10,
     nprobe: int | None = None,

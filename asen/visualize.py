@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +19,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageOps
 
+from asen.atomic import atomic_write, atomic_write_text
 from asen.data.images import load_image
 from asen.model.asen import ASENPP
 
@@ -76,15 +75,11 @@ def overlay(image: np.ndarray, attention: np.ndarray, box: np.ndarray | None) ->
 
 
 def _atomic_savefig(fig: Figure, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=DPI)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
+
+
+def _save_picture(picture: Image.Image, out: Path, kind: str, **options: object) -> None:
+    atomic_write(out, lambda fh: picture.save(fh, kind, **options))
 
 
 def explain_figure(explanation: Explanation, names: list[str], out: Path) -> tuple[int, int]:
@@ -143,7 +138,7 @@ def _thumbnail(source: Path, out: Path) -> bool:
         with Image.open(source) as img:
             img = ImageOps.exif_transpose(img).convert("RGB")
             img.thumbnail((THUMB, THUMB))
-            img.save(out, "JPEG", quality=88)
+            _save_picture(img, out, "JPEG", quality=88)
         return True
     except (OSError, ValueError, Image.DecompressionBombError):
         return False
@@ -182,6 +177,7 @@ def write_search_page(
     out: Path,
     query_file: Path,
     attribute: int,
+    *,
     hits: list[Hit],
     index: SearchIndex,
     explanation: Explanation | None,
@@ -202,7 +198,11 @@ def write_search_page(
         query_figs.append(("query.jpg", f"query: {query_file.name}"))
     if explanation is not None:
         box = None if explanation.boxes is None else explanation.boxes[0]
-        overlay(explanation.image, explanation.attention[0], box).save(files / "attention.png")
+        _save_picture(
+            overlay(explanation.image, explanation.attention[0], box),
+            files / "attention.png",
+            "PNG",
+        )
         crop = "; white box: the local branch's crop" if box is not None else " (stage 1: no crop)"
         query_figs.append(("attention.png", f"attention for {name}{crop}"))
     query_html = "".join(
@@ -222,7 +222,8 @@ def write_search_page(
             "</figcaption></figure>"
         )
     title = f"asen search: {name}"
-    out.write_text(
+    atomic_write_text(
+        out,
         f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>{PAGE_CSS}</style></head>
@@ -235,6 +236,6 @@ def write_search_page(
 <p id="image-check"></p>
 <script>{PAGE_SCRIPT}</script>
 </body></html>
-"""
+""",
     )
     return files

@@ -1,4 +1,4 @@
-"""`TritonEncoder`: the Encoder protocol (DESIGN contract 4) over a Triton server.
+"""`TritonEncoder`: an Encoder (docs/architecture.md, "Backends") over a Triton server.
 
 Tensors go to the encoder model (`<name>_trt` or `<name>_onnx`: the one the `<name>` ensemble
 runs); with `send_bytes`, encoded image files go through the ensemble, which decodes them on
@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -24,7 +25,10 @@ from tritonclient.utils import InferenceServerException
 
 from asen import AsenError
 from asen.data.images import BadImageError
-from asen.encoders import ModelInfo, check_inputs
+from asen.encoders import Encoder, InputKind, Progress, check_attributes
+from asen.model.shape import ModelInfo
+from client.connection import Tls, check_protocol, make_client
+from client.shm import SystemShm, check_shared_memory
 
 IMAGE, ATTRIBUTE, OUTPUT, BYTES_INPUT = "image", "attribute", "embedding", "image_bytes"
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
@@ -36,7 +40,7 @@ def default_url(protocol: str) -> str:
     return f"127.0.0.1:{DEFAULT_PORTS.get(protocol, 8001)}"
 
 
-class TritonEncoder:
+class TritonEncoder(Encoder):
     """Embeds through a Triton server over gRPC (default) or HTTP."""
 
     backend = "triton"
@@ -46,19 +50,27 @@ class TritonEncoder:
         url: str | None = None,
         model: str = "asen",
         protocol: str = "grpc",
+        *,
         send_bytes: bool = False,
         batch_size: int = 64,
         in_flight: int = 4,
         timeout_s: float = 60.0,
         retries: int = 4,
+        tls: Tls | None = None,
+        headers: Mapping[str, str] | None = None,
+        shared_memory: str = "none",
     ):
-        if protocol not in DEFAULT_PORTS:
-            raise AsenError(f"--protocol {protocol}: expected grpc or http")
-        self.url, self.protocol = url or default_url(protocol), protocol
+        """`tls`: connect with TLS (its PEM files, if any); `headers`: sent with every call
+        (`Host` over gRPC sets the channel's authority); `shared_memory="system"`: tensors
+        travel through system shared memory (the server must be on this host)."""
+        self.url, self.protocol = url or default_url(protocol), check_protocol(protocol)
         self.send_bytes, self.timeout_s, self.retries = send_bytes, timeout_s, retries
+        self.tls, self.headers = tls, dict(headers or {})
         self._local = threading.local()
         self._clients: list = []
         self._lock = threading.Lock()
+        system = check_shared_memory(shared_memory) == "system"
+        self._shm = SystemShm(self._client) if system else None
         try:
             self._wait_live()
             self.model, self.config = self._resolve(model)
@@ -75,6 +87,32 @@ class TritonEncoder:
             raise
         self._pool = ThreadPoolExecutor(max(1, in_flight), thread_name_prefix="triton")
 
+    @classmethod
+    def open(
+        cls,
+        model: str,
+        *,
+        url: str | None = None,
+        protocol: str | None = None,
+        send_bytes: bool = False,
+        batch_size: int = 64,
+        **connection: Any,
+    ) -> TritonEncoder:
+        """`model`: the served model's name (the `asen` ensemble or an encoder model);
+        `connection`: `tls`, `headers`, `shared_memory` as for the constructor."""
+        return cls(
+            url,
+            model,
+            protocol or "grpc",
+            send_bytes=send_bytes,
+            batch_size=batch_size,
+            **connection,
+        )
+
+    @property
+    def input_kind(self) -> InputKind:
+        return "files" if self.send_bytes else "tensors"
+
     # connection --------------------------------------------------------------------------
     def _client(self):
         """gRPC clients are thread-safe (one shared); HTTP ones are per thread."""
@@ -82,12 +120,13 @@ class TritonEncoder:
             return self._clients[0]
         client = getattr(self._local, "client", None)
         if client is None:
-            if self.protocol == "grpc":
-                client = grpcclient.InferenceServerClient(self.url)
-            else:
-                client = httpclient.InferenceServerClient(
-                    self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
-                )
+            client = make_client(
+                self.url,
+                self.protocol,
+                tls=self.tls,
+                headers=self.headers,
+                timeout_s=self.timeout_s,
+            )
             with self._lock:
                 self._clients.append(client)
             self._local.client = client
@@ -98,15 +137,11 @@ class TritonEncoder:
         server's shutdown)."""
         if hasattr(self, "_pool"):
             self._pool.shutdown(wait=True)
+        if self._shm is not None:
+            self._shm.close()
         for client in self._clients:
             client.close()
         self._clients.clear()
-
-    def __enter__(self) -> TritonEncoder:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _retrying(self, call: Callable, what: str = ""):
         """`call()`, retried with backoff while the server is unavailable; `what` ends the
@@ -171,14 +206,7 @@ class TritonEncoder:
 
     # inference -----------------------------------------------------------------------------
     def _infer(self, model: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        module = grpcclient if self.protocol == "grpc" else httpclient
-        inputs = []
-        for name, array in feeds.items():
-            dtype = "BYTES" if array.dtype == object else str(array.dtype).upper()
-            tensor = module.InferInput(name, list(array.shape), dtype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        outputs = [module.InferRequestedOutput(OUTPUT)]
+        inputs, outputs, read = self._tensors(feeds)
         client = self._client()
         options = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
 
@@ -197,36 +225,32 @@ class TritonEncoder:
             if bad:
                 raise _BadBatchImage(int(bad.group(1)), bad.group(2)) from None
             raise AsenError(f"Triton {model}: {message.splitlines()[0]}") from None
-        return result.as_numpy(OUTPUT)
+        return read(result)
 
-    def _run(self, model: str, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
-        if not feeds:
-            return np.zeros((0, self.info.dim), np.float32)
-        return np.concatenate(list(self._pool.map(lambda f: self._infer(model, f), feeds)))
+    def _tensors(self, feeds: dict[str, np.ndarray]) -> tuple[list, list, Callable]:
+        """(inputs, requested outputs, read(result) -> embeddings) for one request: the
+        bytes in the request, or in this thread's shared-memory regions."""
+        module = grpcclient if self.protocol == "grpc" else httpclient
+        if self._shm is not None:
+            rows = len(next(iter(feeds.values())))
+            return self._shm.attach(module, feeds, OUTPUT, rows * self.info.dim * 4)
+        inputs = []
+        for name, array in feeds.items():
+            dtype = "BYTES" if array.dtype == object else str(array.dtype).upper()
+            tensor = module.InferInput(name, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return inputs, [module.InferRequestedOutput(OUTPUT)], lambda r: r.as_numpy(OUTPUT)
 
-    def _chunks(self, n: int) -> list[slice]:
-        return [slice(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+    def map_batches(self, fn: Callable[[slice], Any], parts: list[slice]) -> Iterable[Any]:
+        """At most `in_flight` batches at a time, results in order."""
+        return self._pool.map(fn, parts)
 
-    def encode(self, images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
-        """uint8 [B,3,S,S] images and int64 [B] attribute ids -> float32 [B,D]."""
-        attributes = np.asarray(attributes, dtype=np.int64)
-        check_inputs(images, attributes, self.info)
-        feeds = [
-            {IMAGE: np.ascontiguousarray(images[p]), ATTRIBUTE: attributes[p, None]}
-            for p in self._chunks(len(images))
-        ]
-        return self._run(self.model, feeds)
+    def encode_batch(self, images: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+        return self._infer(self.model, {IMAGE: images, ATTRIBUTE: attributes[:, None]})
 
     def _check_attributes(self, attributes: np.ndarray, n: int) -> np.ndarray:
-        attributes = np.asarray(attributes, dtype=np.int64)
-        if attributes.shape != (n,):
-            raise AsenError(f"attributes must be [{n}], got {list(attributes.shape)}")
-        names = self.info.names
-        bad = attributes[(attributes < 0) | (attributes >= len(names))]
-        if len(bad):
-            raise AsenError(
-                f"attribute id {int(bad[0])} out of range (0..{len(names) - 1}: {', '.join(names)})"
-            )
+        attributes = check_attributes(attributes, n, self.info)
         if self.ensemble is None:
             raise AsenError("sending image bytes needs a TritonEncoder with send_bytes=True")
         return attributes
@@ -248,7 +272,7 @@ class TritonEncoder:
                 if not skip_bad:
                     raise _BadBatchImage(int(rows[e.index]), e.reason) from None
                 rows = np.delete(rows, e.index)
-        return rows, np.zeros((0, self.info.dim), np.float32)
+        return rows, self.empty()
 
     def encode_bytes(
         self, blobs: Sequence[bytes], attributes: np.ndarray, skip_bad: bool = False
@@ -269,12 +293,26 @@ class TritonEncoder:
 
     def encode_files(
         self,
-        files: Sequence[Path],
-        attributes: np.ndarray,
+        files: Sequence[str | Path],
+        attributes: Any,
+        *,
         skip_bad: bool = False,
-        progress: Callable[[int], None] | None = None,
+        progress: Progress | None = None,
+        batch_size: int | None = None,
+        workers: int = 2,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """`encode_bytes` of image files, read as their batch is sent; errors name the file."""
+        """With `send_bytes`: `encode_bytes` of the files, read as their batch is sent (the
+        server decodes them; errors name the file). Otherwise the base class's: decoded
+        here and sent as tensors."""
+        if not self.send_bytes:
+            return super().encode_files(
+                files,
+                attributes,
+                skip_bad=skip_bad,
+                progress=progress,
+                batch_size=batch_size,
+                workers=workers,
+            )
         attributes = self._check_attributes(attributes, len(files))
 
         def chunk(part: slice):
@@ -293,13 +331,13 @@ class TritonEncoder:
         return self._gather(chunk, len(files), progress)
 
     def _gather(
-        self, chunk: Callable, n: int, progress: Callable[[int], None] | None = None
+        self, chunk: Callable, n: int, progress: Progress | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Run `chunk(slice)` over batches with bounded concurrency; assemble (emb, ok)."""
         out = np.zeros((n, self.info.dim), np.float32)
         ok = np.zeros(n, dtype=bool)
-        parts = self._chunks(n)
-        for part, (rows, emb) in zip(parts, self._pool.map(chunk, parts), strict=True):
+        parts = self.slices(n)
+        for part, (rows, emb) in zip(parts, self.map_batches(chunk, parts), strict=True):
             out[rows], ok[rows] = emb, True
             if progress:
                 progress(part.stop - part.start)

@@ -1,4 +1,4 @@
-"""Reader for the reference split format (reference/asenpp.md), validating as it reads.
+"""Reader for the split format (docs/architecture.md, "Split format"), validating as it reads.
 
 Every error names the file and line. Attribute names come from the dataset config when
 one is given, else from `dataset.yaml` in the dataset root, else they are inferred from
@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from asen import AsenError
-from asen.config import AttributeSpec
+from asen.config import AttributeSpec, attributes_from_dicts
 
 EVAL_SPLITS = ("valid", "test")
 
@@ -178,9 +178,7 @@ def open_dataset(root: str | Path, attributes: list[AttributeSpec] | None = None
         if meta.is_file():
             try:
                 raw = yaml.safe_load(meta.read_text()) or {}
-                attributes = [
-                    AttributeSpec(str(a["name"]), int(a["values"])) for a in raw["attributes"]
-                ]
+                attributes = attributes_from_dicts(raw["attributes"])
             except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
                 raise AsenError(f"{meta}: expected 'attributes: [{{name, values}}, ...]'") from e
         else:

@@ -9,7 +9,6 @@ Garment coordinates are in units of the image's short side (scaled), origin at t
 from __future__ import annotations
 
 import colorsys
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from asen import AsenError
+from asen.atomic import atomic_write, atomic_write_text
 
 DEFAULT_ATTRIBUTES = {"collar_design": 5, "sleeve_length": 4, "garment_length": 4, "pattern": 5}
 FAMILIES = ("neck", "sleeves", "hem", "pattern", "buttons")
@@ -218,15 +218,8 @@ def _check(n_train: int, n_eval: int, attributes: dict[str, int], image_size: in
             raise AsenError(f"attribute {name!r} needs 2 to {MAX_VALUES} values, got {n}")
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary file so a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_lines(path: Path, lines: list[str]) -> None:
-    _write_text(path, "".join(line + "\n" for line in lines))
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def generate(
@@ -250,10 +243,8 @@ def generate(
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         names = [f"images/{split}/{i:06d}.png" for i in range(n)]
         for name, vals, image_seed in zip(names, values, seeds, strict=True):
-            tmp = out / (name + ".tmp")
             img = render(vals.tolist(), counts, int(image_seed), image_size)
-            img.save(tmp, "PNG", compress_level=1)
-            os.replace(tmp, out / name)
+            atomic_write(out / name, lambda fh, img=img: img.save(fh, "PNG", compress_level=1))
         _write_lines(out / f"filenames_{split}.txt", names)
         if split == "train":
             labels = (" ".join(f"{a} {v}" for a, v in enumerate(vals)) for vals in values)
@@ -268,5 +259,5 @@ def generate(
         "seed": seed,
         "attributes": [{"name": k, "values": v} for k, v in attributes.items()],
     }
-    _write_text(out / "dataset.yaml", yaml.safe_dump(meta, sort_keys=False))
+    atomic_write_text(out / "dataset.yaml", yaml.safe_dump(meta, sort_keys=False))
     return meta

@@ -1,4 +1,4 @@
-"""ASEN++: one module, one inference function (DESIGN contract 1).
+"""ASEN++: one module, one inference function (docs/architecture.md, "Model forward").
 
 `ASENPP(image uint8 [B,3,S,S], attribute int64 [B]) -> embedding float32 [B,D]`:
 normalisation, the global branch on the image resized to S/2, the attention-guided crop
@@ -63,7 +63,7 @@ class ASENPP(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        return self.cfg.embed_dim * (2 if self.stage == 2 else 1)
+        return self.cfg.embedding_dim(self.stage)
 
     @property
     def source_size(self) -> int:

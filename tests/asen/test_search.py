@@ -210,24 +210,16 @@ def test_results_page_shows_every_image_in_chromium(world, tmp_path) -> None:
         assert np.asarray(img.convert("L")).std() > 20  # not a blank page
 
 
-def test_page_without_a_torch_model_says_so(world, tmp_path, monkeypatch) -> None:
-    import cli
-    from asen.encoders import TorchEncoder
-
-    class Opaque:  # an encoder of another backend: no PyTorch model to explain
-        backend = "onnx"
-
-        def __init__(self, path: str) -> None:
-            self._inner = TorchEncoder.from_checkpoint(path, "cpu")
-            self.info = self._inner.info
-
-        def encode(self, images, attributes):
-            return self._inner.encode(images, attributes)
-
-    monkeypatch.setattr(cli, "_open_encoder", lambda backend, model, *a, **k: Opaque(model))
+def test_page_without_a_torch_model_says_so(world, tmp_path) -> None:
+    """Another backend (ONNX Runtime on the exported model) has no PyTorch model to explain."""
+    repo = tmp_path / "models"
+    _ok(["export", world["model"], "--repo", repo])
     image = next((world["data"] / "images" / "test").iterdir())
     page = tmp_path / "p.html"
-    _search(world, image, "pattern", 2, "--backend", "onnx", "--html", page)
+    _ok(
+        ["search", image, "--attr", "pattern", "--index", world["index"], "--model", repo]
+        + ["--top", 2, "--backend", "onnx", "--device", "cpu", "--html", page]
+    )
     text = page.read_text()
     assert "No attention map" in text and "attention.png" not in text
     assert sorted(p.name for p in (tmp_path / "p_files").iterdir()) == [

@@ -90,7 +90,9 @@ def test_page_shows_a_placeholder_for_a_missing_image(files, tmp_path) -> None:
     hits = [Hit(1, 0.9, "here.png", 0, 1, False), Hit(2, 0.8, "gone.png", 1, 2, False)]
     page = tmp_path / "out" / "r.html"
     page.parent.mkdir()
-    folder = write_search_page(page, files["image"], 0, hits, index, None, "test")
+    folder = write_search_page(
+        page, files["image"], 0, hits=hits, index=index, explanation=None, subtitle="test"
+    )
     text = page.read_text()
     assert text.count("<img ") == 2 and "image not available" in text and "gone.png" in text
     assert sorted(p.name for p in folder.iterdir()) == ["query.jpg", "r001.jpg"]
