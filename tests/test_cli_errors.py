@@ -82,9 +82,41 @@ def test_eval_foreign_file_as_checkpoint(tmp_path):
     assert str(bogus) in line
 
 
-def test_eval_unknown_backend(tmp_path):
+def test_eval_unknown_backend_lists_the_valid_ones(tmp_path):
     line = run_error(["eval", "/nonexistent.pt", "--data", tmp_path, "--backend", "tpu"])
-    assert "tpu" in line
+    assert "tpu" in line and all(f"'{b}'" in line for b in ("torch", "onnx", "trt", "triton"))
+
+
+@pytest.mark.parametrize(
+    "backend, extra, option",
+    [
+        ("torch", ["--send-bytes"], "--send-bytes"),
+        ("tpu", ["--send-bytes"], "--backend"),  # the backend name is checked first
+        ("torch", ["--url", "127.0.0.1:8001"], "--url"),
+        ("onnx", ["--protocol", "http"], "--protocol"),
+        ("triton", ["--device", "cpu"], "--device"),
+    ],
+)
+def test_an_option_the_backend_cannot_honour_is_one_line(tmp_path, backend, extra, option):
+    args = ["eval", "/nonexistent.pt", "--data", tmp_path, "--backend", backend, *extra]
+    line = run_error(args)
+    assert option in line and backend in line
+
+
+def test_trt_refuses_the_cpu(tmp_path):
+    line = run_error(
+        ["embed", tmp_path, "--data", tmp_path, "--out", tmp_path / "e.npz"]
+        + ["--backend", "trt", "--device", "cpu"]
+    )
+    assert "--backend trt" in line and "--device cpu" in line
+    assert not (tmp_path / "e.npz").exists()
+
+
+def test_version():
+    import asen
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"asen {asen.__version__}"
 
 
 # ------------------------------------------------------------------ train

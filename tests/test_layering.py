@@ -1,0 +1,59 @@
+"""The layering rule (docs/architecture.md, "Layering") and the size limit on functions,
+read from the source with `ast` (function-local imports included)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_FUNCTION_LINES = 80
+
+
+def _sources(*parts: str) -> list[Path]:
+    files = []
+    for part in parts:
+        path = ROOT / part
+        files += [path] if path.is_file() else sorted(path.rglob("*.py"))
+    return files
+
+
+def _imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
+    """Every module an `import` or `from ... import` names, at any depth of the file."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def test_the_library_imports_neither_export_nor_client() -> None:
+    offending = [
+        f"{path.relative_to(ROOT)}:{line}: {module}"
+        for path in _sources("asen")
+        for line, module in _imported_modules(ast.parse(path.read_text(), str(path)))
+        if module.split(".")[0] in ("export", "client")
+    ]
+    assert offending == []
+
+
+def test_the_check_sees_function_local_imports() -> None:
+    tree = ast.parse("def f():\n    from export.onnx import OPSET\n    import client.triton\n")
+    assert [m for _, m in _imported_modules(tree)] == ["export.onnx", "client.triton"]
+
+
+@pytest.mark.parametrize("part", ["asen", "export", "client", "cli.py"])
+def test_no_function_is_over_80_lines(part: str) -> None:
+    long = []
+    for path in _sources(part):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                lines = node.end_lineno - first + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert long == []
