@@ -178,4 +178,4 @@ def evaluate(
         skip_bad=skip_bad,
         progress=progress,
     )
-    return score(embedded, dataset.names, encoder.backend, split)
+    return score(embedded, dataset.names, backend=encoder.backend, split=split)
