@@ -1,13 +1,13 @@
 """Retrieval metrics: the paper's attribute-specific mAP, with array operations.
 
-Protocol (reference/asenpp.md, "Evaluation protocol"; DESIGN.md contract 5): for each
-attribute, every query of that attribute is ranked against all candidates of that
-attribute by similarity (dot product of the embeddings, which the model has already
-normalised); a candidate is relevant when its value equals the query's. The AP of a
-query is the sum over relevant ranks of precision at that rank, divided by the number
-of relevant candidates (0 when none is relevant). An attribute's mAP is the mean AP of
-its queries, and the overall mAP averages the attribute mAPs weighted by their number
-of queries, i.e. it is the mean AP over all queries.
+Protocol (docs/architecture.md, "mAP protocol"): for each attribute, every query of that
+attribute is ranked against all candidates of that attribute by similarity (dot product
+of the embeddings, which the model has already normalised); a candidate is relevant when
+its value equals the query's. The AP of a query is the sum over relevant ranks of
+precision at that rank, divided by the number of relevant candidates (0 when none is
+relevant). An attribute's mAP is the mean AP of its queries, and the overall mAP averages
+the attribute mAPs weighted by their number of queries, i.e. it is the mean AP over all
+queries.
 
 Ranking is by descending score; exact ties are broken by candidate index (the lower
 index ranks first), exactly as ``np.argsort(-scores, kind="stable")`` orders them, so

@@ -1,7 +1,7 @@
 """Finding, starting and stopping a real `tritonserver` on a model repository.
 
 The server is the one on PATH (NVIDIA's Triton container), else the one bundled in the
-`nvidia-pytriton` wheel (Python backend only; see DESIGN.md, "Serving with Triton"). The
+`nvidia-pytriton` wheel (Python backend only; see README.md, "asen serve"). The
 repository is served through a view in a private run folder: each model with the first of
 its configs (`config.pbtxt`, then `configs/*.pbtxt`) whose backend this server has, and the
 files of its version folders linked in. So `<name>_onnx` runs on the ONNX Runtime backend

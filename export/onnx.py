@@ -1,5 +1,5 @@
-"""The model's inference function as one ONNX graph (DESIGN contract 2), and ONNX Runtime
-sessions to run it.
+"""The model's inference function as one ONNX graph (docs/architecture.md, "Exported graph"),
+and ONNX Runtime sessions to run it.
 
 Exporter: `torch.onnx.export(dynamo=True)` at opset 18. It translates torchvision's
 `roi_align(aligned=True)` to the standard RoiAlign with `half_pixel` coordinates (opset

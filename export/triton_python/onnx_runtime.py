@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-ATTRIBUTE = "attribute"  # the graph's attribute-id input (DESIGN contract 2)
+ATTRIBUTE = "attribute"  # the graph's attribute-id input (docs/architecture.md, "Exported graph")
 
 
 class TritonPythonModel:

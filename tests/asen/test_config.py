@@ -210,7 +210,7 @@ def test_unknown_packaged_name_lists_packaged_configs():
 
 # ------------------------------------------------------------------ packaged datasets
 
-# reference/asenpp.md, "Datasets and their on-disk split format"
+# the published attribute lists of the three benchmarks (README.md, "Configs")
 FASHIONAI = [
     ("skirt_length", 6),
     ("sleeve_length", 9),

@@ -1,4 +1,5 @@
-"""The exported ONNX graph (DESIGN contract 2), its parity with PyTorch and OnnxEncoder."""
+"""The exported ONNX graph (docs/architecture.md, "Exported graph"), its parity with PyTorch
+and OnnxEncoder."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The one preprocessing function (DESIGN contract 3): file or bytes -> uint8 [3, S, S]."""
+"""The one preprocessing function (docs/architecture.md, "Preprocessing"): file or bytes ->
+uint8 [3, S, S]."""
 
 from __future__ import annotations
 
