@@ -19,7 +19,7 @@ from asen.checkpoint import load_model
 from asen.encoders import ModelInfo, TorchEncoder
 from export import layout
 from export.encoders import OnnxEncoder, TrtEncoder
-from export.onnx import OPSET, export_onnx, metadata
+from export.onnx import OPSET, export_onnx
 from export.repository import write_repository
 from export.tensorrt import build_engine, require_tensorrt
 from export.verify import ONNX_TOLERANCE, TRT_TOLERANCE, Parity, check_parity
@@ -94,7 +94,7 @@ def export_model(
         )
         report(f"ONNX Runtime vs PyTorch: {parity}")
         layout.write_sidecar(
-            onnx_path, {**metadata(info, max_batch), "onnx_opset": str(OPSET), **_figures(parity)}
+            onnx_path, {**info.to_metadata(max_batch), "onnx_opset": str(OPSET), **_figures(parity)}
         )
         if trt:
             plan_path = layout.artifact_path(staging, name, "trt")

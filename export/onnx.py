@@ -25,11 +25,6 @@ INPUTS, OUTPUT = ("image", "attribute"), "embedding"
 SAMPLE_BATCH = 2  # batch of the example inputs traced at export (the graph's batch is dynamic)
 
 
-def metadata(info: ModelInfo, max_batch: int) -> dict[str, str]:
-    """The asen metadata stored in the graph and in every sidecar."""
-    return {**info.to_metadata(), "max_batch": str(max_batch)}
-
-
 def export_onnx(model: torch.nn.Module, info: ModelInfo, path: Path, max_batch: int) -> None:
     """Write `model`'s inference forward to `path` as one checked ONNX graph with metadata."""
     model = model.eval().cpu()
@@ -59,7 +54,7 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, path: Path, max_batch: 
             # aten.embedding's result is named `embedding`, which would shadow the output
             if value.name in (*INPUTS, OUTPUT) and id(value) not in outputs:
                 value.name = f"{value.name}_inner"
-    program.model.metadata_props.update(metadata(info, max_batch))
+    program.model.metadata_props.update(info.to_metadata(max_batch))
     program.save(path)  # initialisers inline unless the model is over 2 GB
     check_onnx(path, info)
 

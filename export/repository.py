@@ -193,7 +193,7 @@ def write_repository(repo: str | Path, name: str = "asen", trt: bool = False) ->
     meta = layout.read_sidecar(onnx_path)
     info = ModelInfo.from_metadata(meta, str(onnx_path))
     max_batch = int(meta["max_batch"])
-    params = {**info.to_metadata(), "max_batch": str(max_batch)}
+    params = info.to_metadata(max_batch)
     inputs, outputs = graph_tensors(onnx_path)
     image = next((t for t in inputs if t.name == IMAGE), None)
     if image is None:

@@ -16,7 +16,6 @@ import torch
 
 from asen import AsenError
 from asen.encoders import ModelInfo
-from export.onnx import metadata
 
 WORKSPACE_BYTES = 4 << 30  # builder scratch memory limit
 OPT_BATCH = 32  # the batch tactics are tuned for (the throughput benchmark's batch)
@@ -64,7 +63,7 @@ def plan_metadata(
 ) -> dict[str, str]:
     """The sidecar of a plan: the model's metadata plus what the plan was built for."""
     return {
-        **metadata(info, max_batch),
+        **info.to_metadata(max_batch),
         "precision": precision,
         "tensorrt_version": tensorrt_version,
         **device,
