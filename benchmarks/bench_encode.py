@@ -43,7 +43,7 @@ def build(config: str, checkpoint: Path | None) -> tuple[ASENPP, ModelInfo, str]
         model, ckpt = load_model(checkpoint, "cpu")
         return model, ModelInfo.from_checkpoint(ckpt), str(checkpoint)
     model, cfg, attributes = random_model(config)
-    info = ModelInfo(attributes, cfg.model.source_size, model.embedding_dim, cfg.model.beta, 2)
+    info = ModelInfo.from_config(cfg.model, attributes, 2)
     return model, info, f"{config} ({cfg.model.global_backbone}/{cfg.model.local_backbone})"
 
 
@@ -85,26 +85,26 @@ def _trt(onnx_path: Path, info: ModelInfo, batch: int, fp16: bool) -> TrtEncoder
     plan = onnx_path.parent / ("fp16" if fp16 else "fp32") / "model.plan"
     plan.parent.mkdir()
     write_sidecar(plan, build_engine(onnx_path, plan, info, batch, fp16))
-    return TrtEncoder(plan, batch)
+    return TrtEncoder(plan, batch_size=batch)
 
 
 def backends(model: ASENPP, info: ModelInfo, onnx_path: Path, batch: int) -> dict[str, Backend]:
     """Every backend by name: a function making its encoder, or why it cannot run here."""
     gpu = torch.cuda.is_available()
     out: dict[str, Backend] = {
-        "torch_cpu": lambda: TorchEncoder(model, info, torch.device("cpu"), batch),
-        "onnx_cpu": lambda: OnnxEncoder(onnx_path, "cpu", batch),
+        "torch_cpu": lambda: TorchEncoder(model, info, torch.device("cpu"), batch_size=batch),
+        "onnx_cpu": lambda: OnnxEncoder(onnx_path, "cpu", batch_size=batch),
         "torch_cuda": (
             lambda: TorchEncoder(
                 copy.deepcopy(model).to("cuda", memory_format=torch.channels_last),
                 info,
                 torch.device("cuda"),
-                batch,
+                batch_size=batch,
             )
         )
         if gpu
         else "no CUDA GPU",
-        "onnx_cuda": (lambda: OnnxEncoder(onnx_path, "cuda", batch))
+        "onnx_cuda": (lambda: OnnxEncoder(onnx_path, "cuda", batch_size=batch))
         if gpu and "CUDAExecutionProvider" in ort.get_available_providers()
         else "needs onnxruntime-gpu and a CUDA GPU",
     }

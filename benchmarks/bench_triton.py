@@ -143,7 +143,7 @@ class Direct:
     """ONNX Runtime in this process at batch `batch`: the reference throughput."""
 
     def __init__(self, repo: Path, batch: int):
-        self.encoder = OnnxEncoder(artifact_path(repo, "asen", "onnx"), "cpu", batch)
+        self.encoder = OnnxEncoder(artifact_path(repo, "asen", "onnx"), "cpu", batch_size=batch)
         s, rng = self.encoder.info.source_size, np.random.default_rng(0)
         self.images = rng.integers(0, 256, (batch, 3, s, s), dtype=np.uint8)
         self.attributes = rng.integers(0, 4, batch).astype(np.int64)

@@ -121,7 +121,7 @@ def test_server_dying_mid_run_is_an_error_and_saves_nothing(repo, synth, tmp_pat
             handle.process.wait()
 
         with pytest.raises(AsenError, match="unreachable mid-run"):
-            embed_split(enc, dataset, "test", 8, 0, False, kill_server)
+            embed_split(enc, dataset, "test", batch_size=8, workers=0, progress=kill_server)
         enc.close()
         args = ["embed", "asen", "--data", synth, "--out", out, "--backend", "triton"]
         result = runner.invoke(app, [*map(str, args), "--url", handle.grpc_url, "--workers", "0"])

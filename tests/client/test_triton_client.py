@@ -74,10 +74,10 @@ def test_tensor_path_equals_onnx_runtime(server, onnx_encoder, max_batch, protoc
 def test_map_through_triton_equals_torch(server, checkpoint, synth) -> None:
     torch_enc = TorchEncoder.from_checkpoint(checkpoint, "cpu")
     dataset = open_dataset(synth, torch_enc.info.attributes)
-    want = evaluate(torch_enc, dataset, "test", 16, 0)
+    want = evaluate(torch_enc, dataset, "test", batch_size=16, workers=0)
     for send_bytes in (False, True):
         with TritonEncoder(server.grpc_url, "asen", send_bytes=send_bytes) as enc:
-            got = evaluate(enc, dataset, "test", 16, 0)
+            got = evaluate(enc, dataset, "test", batch_size=16, workers=0)
         assert got.num_queries == want.num_queries
         assert abs(got.overall_map - want.overall_map) < 1e-3
         for name, value in want.per_attribute.items():
