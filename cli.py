@@ -916,11 +916,12 @@ def explain_cmd(
     """Attention heatmap and local-branch crop box per attribute, in one figure."""
     from asen.checkpoint import load_model
     from asen.encoders import resolve_device
+    from asen.model.shape import ModelInfo
     from asen.search import attribute_id
     from asen.visualize import explain, explain_figure
 
     net, ckpt = load_model(model, resolve_device(device))
-    names = [a["name"] for a in ckpt["attributes"]]
+    names = ModelInfo.from_checkpoint(ckpt).names
     ids = (
         list(range(len(names)))
         if attr == "all"
