@@ -47,8 +47,9 @@ class Tls:
         }
         return {flag: Path(p) for flag, p in named.items() if p is not None}
 
-    def read(self, path: Path | None) -> bytes | None:
-        return Path(path).read_bytes() if path else None
+    @staticmethod
+    def path(path: Path | None) -> str | None:
+        return str(path) if path else None
 
 
 def parse_headers(items: Sequence[str] | None) -> dict[str, str]:
@@ -112,9 +113,9 @@ def make_client(
         client = grpcclient.InferenceServerClient(
             url,
             ssl=tls is not None,
-            root_certificates=tls.read(tls.root_certificates) if tls else None,
-            private_key=tls.read(tls.private_key) if tls else None,
-            certificate_chain=tls.read(tls.certificate_chain) if tls else None,
+            root_certificates=tls.path(tls.root_certificates) if tls else None,
+            private_key=tls.path(tls.private_key) if tls else None,
+            certificate_chain=tls.path(tls.certificate_chain) if tls else None,
             channel_args=_grpc_channel_args(host) if host else None,
         )
         headers = {k.lower(): v for k, v in headers.items()}  # gRPC metadata keys

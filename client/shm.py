@@ -39,7 +39,7 @@ class _Region:
 
     def __init__(self, client, size: int):
         self.name = f"asen_{os.getpid()}_{next(_ids)}"
-        self.size, self.client = size, client
+        self.size = size
         self.handle = shm.create_shared_memory_region(self.name, "/" + self.name, size)
         try:
             client.register_system_shared_memory(self.name, "/" + self.name, size)
@@ -50,9 +50,10 @@ class _Region:
                 f"{(e.message() or str(e)).splitlines()[0]}"
             ) from None
 
-    def release(self) -> None:
+    def release(self, client) -> None:
+        """Unregister (with `client`, one usable from the calling thread) and destroy."""
         try:
-            self.client.unregister_system_shared_memory(self.name)
+            client.unregister_system_shared_memory(self.name)
         except InferenceServerException:
             pass  # the server is gone: nothing to unregister
         finally:
@@ -75,7 +76,7 @@ class SystemShm:
             with self._lock:
                 if region is not None:
                     self._regions.remove(region)
-                    region.release()
+                    region.release(self._client())
                 self._regions.append(new)
             setattr(self._local, slot, new)
             region = new
@@ -111,6 +112,6 @@ class SystemShm:
     def close(self) -> None:
         with self._lock:
             for region in self._regions:
-                region.release()
+                region.release(self._client())
             self._regions.clear()
         self._local = threading.local()

@@ -9,6 +9,7 @@ unavailable is retried with backoff.
 
 from __future__ import annotations
 
+import http.client
 import re
 import threading
 import time
@@ -159,6 +160,8 @@ class TritonEncoder(Encoder):
                 ) from None
             except OSError as e:  # HTTP: refused or reset connection
                 reason = e.strerror or str(e) or type(e).__name__
+            except http.client.HTTPException as e:  # HTTP: closed (e.g. a TLS-only port)
+                reason = str(e) or type(e).__name__
             if attempt < self.retries:
                 time.sleep(0.2 * 2**attempt)
         raise AsenError(
