@@ -39,11 +39,35 @@ def attributes_from_dicts(raw: list) -> list[AttributeSpec]:
     return [a if isinstance(a, AttributeSpec) else AttributeSpec.from_dict(a) for a in raw]
 
 
+def check_attributes(attributes: list[AttributeSpec], source: str) -> None:
+    """Names non-empty, unique and free of commas (the exported metadata lists them
+    comma-separated); at least 2 values each. An error names `source`."""
+    seen: set[str] = set()
+    for a in attributes:
+        if not a.name.strip() or "," in a.name:
+            raise AsenError(
+                f"{source}: attribute name {a.name!r} must be non-empty and contain no comma "
+                "(exported models list the names comma-separated)"
+            )
+        if a.name in seen:
+            raise AsenError(f"{source}: attribute name {a.name!r} appears twice")
+        if a.values < 2:
+            raise AsenError(
+                f"{source}: attribute {a.name!r} needs at least 2 values, got {a.values}"
+            )
+        seen.add(a.name)
+
+
+def _range(default: Any, low: float, high: float | None = None, *, strict: bool = False):
+    """A field whose value must be >= low (> low when `strict`) and <= high."""
+    return field(default=default, metadata={"range": (low, high, strict)})
+
+
 @dataclass
 class DataConfig:
     name: str = ""
     attributes: list[AttributeSpec] = field(default_factory=list)
-    workers: int = 2
+    workers: int = _range(2, 0)
     skip_bad_images: bool = False
 
 
@@ -51,15 +75,15 @@ class DataConfig:
 class ModelConfig:
     global_backbone: str = "resnet50"
     local_backbone: str = "resnet34"
-    image_size: int = 224  # global branch input G; the source image is S = 2G
-    local_size: int = 112
-    attr_dim: int = 512
-    global_common: int = 512
-    local_common: int = 256
-    channel_hidden: int = 512
-    embed_dim: int = 1024
-    beta: float = 0.6
-    threshold: float = 0.1
+    image_size: int = _range(224, 16)  # global branch input G; the source image is S = 2G
+    local_size: int = _range(112, 16)
+    attr_dim: int = _range(512, 1)
+    global_common: int = _range(512, 1)
+    local_common: int = _range(256, 1)
+    channel_hidden: int = _range(512, 1)
+    embed_dim: int = _range(1024, 1)
+    beta: float = _range(0.6, 0.0, 1.0)
+    threshold: float = _range(0.1, 0.0, 1.0)
     weights: str | None = None  # None (random), "imagenet", or a local state-dict file
 
     @property
@@ -75,17 +99,19 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 50
-    triplets_per_epoch: int = 100_000
-    batch_size: int = 16
-    lr: float = 1e-4  # the branch being trained (global in stage 1, local in stage 2)
-    lr_global: float = 1e-5  # the global branch in stage 2
-    lr_step: int = 3  # epochs between learning-rate decays
-    lr_gamma: float = 0.9
-    margin: float = 0.2
-    local_weight: float = 0.1
-    align_weight: float = 0.1
-    eval_batch_size: int = 64
-    seed: int = 0
+    triplets_per_epoch: int = _range(100_000, 1)
+    batch_size: int = _range(16, 1)
+    lr: float = _range(
+        1e-4, 0.0, strict=True
+    )  # the branch being trained (global in stage 1, local in stage 2)
+    lr_global: float = _range(1e-5, 0.0)  # the global branch in stage 2
+    lr_step: int = _range(3, 1)  # epochs between learning-rate decays
+    lr_gamma: float = _range(0.9, 0.0, 1.0, strict=True)
+    margin: float = _range(0.2, 0.0)
+    local_weight: float = _range(0.1, 0.0)
+    align_weight: float = _range(0.1, 0.0)
+    eval_batch_size: int = _range(64, 1)
+    seed: int = _range(0, 0)
     micro_batch: int = 0  # images a forward pass; 0: per device (CPU 16, CUDA the whole step)
     precision: str = "auto"  # auto (bf16 where native), fp32 or bf16; validation is fp32
 
@@ -151,22 +177,39 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     if key == "data.attributes":
         try:
-            return attributes_from_dicts(value)
+            specs = attributes_from_dicts(value)
         except (TypeError, KeyError, ValueError) as e:
             raise AsenError(f"{source}: data.attributes must be a list of {{name, values}}") from e
+        check_attributes(specs, f"{source}: data.attributes")
+        return specs
     if default is None:  # optional field (model.weights): any value, None included
         return value
     kind = type(default)
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if kind is float and isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise AsenError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
+    _check_range(value, f, key, source)
     return value
+
+
+def _check_range(value: Any, f: dataclasses.Field, key: str, source: str) -> None:
+    """The bounds a field declares with `_range`, as one line naming the key."""
+    if "range" not in f.metadata:
+        return
+    low, high, strict = f.metadata["range"]
+    if value != value or value < low or (strict and value == low):  # NaN too
+        raise AsenError(
+            f"{source}: {key} must be {'greater than' if strict else 'at least'} {low}, "
+            f"got {value!r}"
+        )
+    if high is not None and value > high:
+        raise AsenError(f"{source}: {key} must be at most {high}, got {value!r}")
 
 
 def load_config(

@@ -7,6 +7,8 @@ the label files and named by index.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,9 +16,10 @@ import numpy as np
 import yaml
 
 from asen import AsenError
-from asen.config import AttributeSpec, attributes_from_dicts
+from asen.config import AttributeSpec, attributes_from_dicts, check_attributes
 
 EVAL_SPLITS = ("valid", "test")
+OUTSIDE_ROOT_KEY = "allow_paths_outside_root"  # dataset.yaml: opt in to absolute and ../ paths
 
 
 class SplitError(AsenError):
@@ -39,6 +42,9 @@ class SplitDataset:
 
     root: Path
     attributes: list[AttributeSpec]
+    origin: str = "dataset.yaml"  # where the attributes come from, for error messages
+    conflict: str = ""  # how dataset.yaml differs from given attributes, for error messages
+    allow_outside_root: bool = False  # image paths may be absolute or leave the root (../)
     _files: dict[str, list[Path]] = field(default_factory=dict, repr=False)
 
     @property
@@ -59,7 +65,9 @@ class SplitDataset:
 
     def files(self, split: str) -> list[Path]:
         if split not in self._files:
-            self._files[split] = read_filenames(self.root, split)
+            self._files[split] = read_filenames(
+                self.root, split, allow_outside_root=self.allow_outside_root
+            )
         return self._files[split]
 
     def train_labels(self) -> np.ndarray:
@@ -102,29 +110,47 @@ class SplitDataset:
 
     def _check_label(self, path: Path, lineno: int, attr: int, value: int) -> None:
         if not 0 <= attr < len(self.attributes):
+            n = len(self.attributes)
             raise SplitError(
-                f"{path}:{lineno}: attribute {attr} out of range (0..{len(self.attributes) - 1})"
+                f"{path}:{lineno}: attribute {attr} out of range (0..{n - 1}: "
+                f"{n} attributes from {self.origin}){self.conflict}"
             )
         spec = self.attributes[attr]
         if not 0 <= value < spec.values:
             raise SplitError(
                 f"{path}:{lineno}: value {value} out of range for attribute "
-                f"'{spec.name}' (0..{spec.values - 1})"
+                f"'{spec.name}' (0..{spec.values - 1}){self.conflict}"
             )
 
 
-def _read_ints(path: Path):
-    """Yield (line number from 1, list of ints) for every non-blank line."""
+def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield (line number from 1, stripped text) for every non-blank line of a UTF-8 file;
+    a missing file or a line that is not UTF-8 is a SplitError naming the file and line."""
     if not path.is_file():
         raise SplitError(f"{path}: split file not found")
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, [int(tok) for tok in line.split()]
-            except ValueError:
-                raise SplitError(f"{path}:{lineno}: not an integer: {line.strip()!r}") from None
+    try:
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as e:
+                    raise SplitError(
+                        f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                        f"column {e.start + 1})"
+                    ) from None
+                if line:
+                    yield lineno, line
+    except OSError as e:
+        raise SplitError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _read_ints(path: Path) -> Iterator[tuple[int, list[int]]]:
+    """Yield (line number from 1, list of ints) for every non-blank line."""
+    for lineno, line in _read_lines(path):
+        try:
+            yield lineno, [int(tok) for tok in line.split()]
+        except ValueError:
+            raise SplitError(f"{path}:{lineno}: not an integer: {line!r}") from None
 
 
 def _check_id(path: Path, lineno: int, image_id: int, n: int) -> None:
@@ -132,12 +158,26 @@ def _check_id(path: Path, lineno: int, image_id: int, n: int) -> None:
         raise SplitError(f"{path}:{lineno}: image id {image_id} out of range (0..{n - 1})")
 
 
-def read_filenames(root: Path, split: str) -> list[Path]:
-    """Image paths of a split, checked to exist (the first few missing ones and the count)."""
+def _leaves_root(name: str) -> bool:
+    """An absolute path, or a relative one whose `..` steps lead out of the root (checked on
+    the text: a symlink inside the root may point anywhere, as the dataset's author chose)."""
+    norm = os.path.normpath(name)
+    return os.path.isabs(name) or norm == ".." or norm.startswith(".." + os.sep)
+
+
+def read_filenames(root: Path, split: str, *, allow_outside_root: bool = False) -> list[Path]:
+    """Image paths of a split, checked to exist (the first few missing ones and the count).
+    Paths are relative to the root; absolute ones and `../` ones that leave it are refused
+    unless `allow_outside_root` (dataset.yaml: `allow_paths_outside_root: true`)."""
     path = root / f"filenames_{split}.txt"
-    if not path.is_file():
-        raise SplitError(f"{path}: split file not found")
-    files = [root / line.strip() for line in path.read_text().splitlines() if line.strip()]
+    files = []
+    for lineno, line in _read_lines(path):
+        if not allow_outside_root and _leaves_root(line):
+            raise SplitError(
+                f"{path}:{lineno}: image path {line!r} leaves the dataset root (absolute or ../); "
+                f"set '{OUTSIDE_ROOT_KEY}: true' in {root / 'dataset.yaml'} to allow it"
+            )
+        files.append(root / line)
     if not files:
         raise SplitError(f"{path}: empty split (no image paths)")
     missing = [str(f) for f in files if not f.is_file()]
@@ -173,14 +213,42 @@ def open_dataset(root: str | Path, attributes: list[AttributeSpec] | None = None
     root = Path(root)
     if not root.is_dir():
         raise AsenError(f"{root}: dataset root not found (expected a folder in the split format)")
-    if not attributes:
-        meta = root / "dataset.yaml"
-        if meta.is_file():
-            try:
-                raw = yaml.safe_load(meta.read_text()) or {}
-                attributes = attributes_from_dicts(raw["attributes"])
-            except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
-                raise AsenError(f"{meta}: expected 'attributes: [{{name, values}}, ...]'") from e
-        else:
-            attributes = _infer_attributes(root)
-    return SplitDataset(root, list(attributes))
+    meta = root / "dataset.yaml"
+    described, allow = _read_meta(meta) if meta.is_file() else (None, False)
+    conflict = ""
+    if attributes:
+        origin = "the model or config"
+        check_attributes(list(attributes), origin)
+        if described is not None and [a.values for a in described] != [
+            a.values for a in attributes
+        ]:
+            conflict = (
+                f"; the model or config has {_show(attributes)} but {meta} has "
+                f"{_show(described)}: are they for different datasets?"
+            )
+    elif described is not None:
+        attributes, origin = described, str(meta)
+    else:
+        attributes, origin = _infer_attributes(root), f"the label files in {root}"
+    return SplitDataset(root, list(attributes), origin, conflict, allow)
+
+
+def _show(attributes: list[AttributeSpec]) -> str:
+    names = ", ".join(f"{a.name} ({a.values})" for a in attributes)
+    return f"{len(attributes)} attributes [{names}]"
+
+
+def _read_meta(meta: Path) -> tuple[list[AttributeSpec], bool]:
+    """dataset.yaml: its attributes (checked) and whether paths may leave the root."""
+    try:
+        raw = yaml.safe_load(meta.read_bytes().decode("utf-8")) or {}
+        attributes = attributes_from_dicts(raw["attributes"])
+    except (yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise AsenError(f"{meta}: expected 'attributes: [{{name, values}}, ...]'") from e
+    except OSError as e:
+        raise AsenError(f"{meta}: cannot read ({e.strerror or e})") from None
+    check_attributes(attributes, str(meta))
+    allow = raw.get(OUTSIDE_ROOT_KEY, False)
+    if not isinstance(allow, bool):
+        raise AsenError(f"{meta}: {OUTSIDE_ROOT_KEY} must be true or false, got {allow!r}")
+    return attributes, allow

@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from asen import AsenError
+from asen.weights_file import load_weights_only
 
 _TORCHVISION = {
     "resnet18": (torchvision.models.resnet18, "ResNet18_Weights", 256),
@@ -47,27 +48,28 @@ def _torchvision_resnet(name: str) -> Callable[[str | None], tuple[nn.Module, in
             return _truncate(net), channels
         net = build(weights=None)
         if weights:
-            _load_state(net, Path(weights), name)
+            _load_state(net, Path(weights), name, ("layer4.", "fc."))
         return _truncate(net), channels
 
     return create
 
 
-def _load_state(net: nn.Module, path: Path, name: str) -> None:
-    if not path.is_file():
-        raise AsenError(f"{path}: weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unreadable file is one line
-        raise AsenError(f"{path}: not a readable state-dict file ({e})") from e
+def _load_state(net: nn.Module, path: Path, name: str, unused: tuple[str, ...] = ()) -> None:
+    """A local state dict of `name` into `net`; keys starting with `unused` may be missing
+    (the layers the truncation drops). Anything else that does not fit is one line."""
+    state = load_weights_only(path, "weights file")
+    if isinstance(state, dict) and str(state.get("format", "")).startswith("asen-checkpoint"):
+        raise AsenError(f"{path}: an asen checkpoint, not {name} weights (use --init for it)")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise AsenError(f"{path}: expected a state dict of {name} parameters")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise AsenError(f"{path}: not a state dict (names -> tensors) of {name} parameters")
     try:
         missing, _ = net.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise AsenError(f"{path}: not {name} weights (parameter shapes differ)") from e
-    needed = [k for k in missing if not k.startswith(("layer4.", "fc."))]
+    except RuntimeError:
+        raise AsenError(f"{path}: not {name} weights (parameter shapes differ)") from None
+    needed = [k for k in missing if not k.startswith(unused)] if unused else missing
     if needed:
         raise AsenError(
             f"{path}: not {name} weights (missing {len(needed)} keys, e.g. {needed[0]})"
@@ -97,10 +99,7 @@ def _tiny(weights: str | None) -> tuple[nn.Module, int]:
     if weights == "imagenet":
         raise AsenError("resnet_tiny has no ImageNet weights; use resnet18/34/50")
     if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise AsenError(f"{path}: weights file not found")
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        _load_state(net, Path(weights), "resnet_tiny")
     return net, 128
 
 
