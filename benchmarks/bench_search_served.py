@@ -1,0 +1,362 @@
+"""Benchmark served search at gallery scale: per attribute, ITEMS l2-normalised 256-d vectors
+with embedding-like statistics, indexed the way `asen index` does (exact flat, IVF with
+nlist ~ sqrt(N)) and as IVF-PQ (the memory-saving variant), then searched one query at a
+time for the top 10 with nprobe per request.
+
+Reports per index kind: build time, index memory (bytes held by FAISS, and the process's
+peak RSS), recall@10 against exact search and p50/p99 latency of the index part
+(`SearchIndex.search`, what `asen_search` runs after the encoder), nprobe values
+interleaved query by query. With --served it also builds a model repository (a random
+`small` model) whose `asen_search` holds an IVF gallery of --served-items per attribute, serves
+it with tritonserver and measures `asen_search` end to end (image bytes in, top 10 out:
+decoding, the encoder through BLS, the index) with perf_analyzer at concurrency 1 and 8.
+
+Gallery statistics: CLUSTERS centres drawn at random on the sphere, cluster sizes Zipf-like
+(a few large, many small), items at cosine ~0.7 from their centre with per-cluster spread;
+queries are fresh draws from the same clusters (not in the gallery). Prints one JSON object.
+
+    .venv/bin/python benchmarks/bench_search_served.py --items 100000           # quick
+    .venv/bin/python benchmarks/bench_search_served.py --items 1000000 --served  # full
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+if importlib.util.find_spec("asen") is None:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TOP, DIM, CLUSTERS = 10, 256, 1000
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+class Gallery:
+    """Clustered, l2-normalised vectors: one attribute's embedding space."""
+
+    def __init__(self, seed: int, dim: int = DIM, clusters: int = CLUSTERS):
+        rng = np.random.default_rng(seed)
+        self.dim = dim
+        self.centres = _normalise(rng.standard_normal((clusters, dim), dtype=np.float32))
+        weights = 1.0 / np.arange(1, clusters + 1) ** 0.5  # Zipf-like cluster sizes
+        self.weights = weights / weights.sum()
+        self.spread = rng.uniform(0.8, 1.2, clusters).astype(np.float32)
+        self.rng = rng
+
+    def draw(self, n: int, chunk: int = 200_000) -> np.ndarray:
+        out = np.empty((n, self.dim), np.float32)
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            own = self.rng.choice(len(self.centres), m, p=self.weights)
+            noise = _normalise(self.rng.standard_normal((m, self.dim), dtype=np.float32))
+            out[start : start + m] = self.centres[own] + noise * self.spread[own, None]
+        return _normalise(out)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _split(emb: np.ndarray):
+    from asen.evaluate import EmbeddedSplit
+
+    n = len(emb)
+    return EmbeddedSplit(
+        embeddings=emb,
+        image_ids=np.arange(n, dtype=np.int64),
+        attributes=np.zeros(n, np.int64),
+        values=np.zeros(n, np.int64),
+        is_query=np.zeros(n, bool),
+        paths=[f"items/{i}.jpg" for i in range(n)],
+    )
+
+
+def _faiss_bytes(index) -> int:
+    """Bytes FAISS holds for an index: vectors or codes, ids and the coarse centroids."""
+    import faiss
+
+    if isinstance(index, faiss.IndexFlat):
+        return index.ntotal * index.code_size
+    ivf = faiss.extract_index_ivf(index)
+    return ivf.ntotal * (ivf.code_size + 8) + ivf.nlist * ivf.d * 4
+
+
+def _ivfpq(emb: np.ndarray, m: int, nlist: int):
+    """IVF-PQ: m sub-quantisers of 8 bits (m bytes a vector), same nlist as IVF."""
+    import faiss
+
+    from asen.search import KMEANS_ITERATIONS
+
+    index = faiss.IndexIVFPQ(
+        faiss.IndexFlatIP(emb.shape[1]), emb.shape[1], nlist, m, 8, faiss.METRIC_INNER_PRODUCT
+    )
+    index.cp.niter = KMEANS_ITERATIONS
+    index.train(emb[: 256 * nlist])
+    index.add(emb)
+    return index
+
+
+def _timed_searches(search, queries: np.ndarray, variants: list) -> dict:
+    """Latency and ids per variant, the variants interleaved query by query (rotated)."""
+    times = {v: [] for v in variants}
+    ids = {v: [] for v in variants}
+    for v in variants:
+        search(queries[0], v)  # warm-up
+    for i, q in enumerate(queries):
+        for j in range(len(variants)):
+            v = variants[(i + j) % len(variants)]
+            start = time.perf_counter()
+            found = search(q, v)
+            times[v].append(time.perf_counter() - start)
+            ids[v].append(found)
+    return {v: (np.asarray(times[v]) * 1e3, ids[v]) for v in variants}
+
+
+def _recall(found: list, exact: list) -> float:
+    return float(np.mean([len(set(f) & set(e)) / TOP for f, e in zip(found, exact, strict=True)]))
+
+
+def _stats(ms: np.ndarray) -> dict:
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+    }
+
+
+def bench_attribute(attribute: int, args) -> dict:
+    """Build flat, IVF and IVF-PQ over one attribute's gallery; recall and latency."""
+    import faiss
+
+    from asen.search import SearchIndex
+
+    gallery = Gallery(seed=attribute, dim=args.dim)
+    emb = gallery.draw(args.items)
+    queries = gallery.draw(args.queries)
+    exact = faiss.IndexFlatIP(args.dim)
+    exact.add(emb)
+    start = time.perf_counter()
+    _, truth = exact.search(queries, TOP)
+    exact_ms = (time.perf_counter() - start) * 1e3 / len(queries)
+    exact_bytes = _faiss_bytes(exact)
+    del exact
+    gc.collect()
+    out = {"exact": {"batched_ms_per_query": round(exact_ms, 2), "index_bytes": exact_bytes}}
+
+    rss0, start = _rss_mb(), time.perf_counter()
+    ivf = SearchIndex.build(_split(emb), ["attr"], ivf=True, nprobe=args.nprobe[0])
+    build_s = time.perf_counter() - start
+    nlist = ivf.manifest["nlist"][0]
+    runs = _timed_searches(
+        lambda q, p: [h.image_id for h in ivf.search(q, 0, TOP, p)], queries, args.nprobe
+    )
+    out["ivf"] = {
+        "nlist": nlist,
+        "build_s": round(build_s, 2),
+        "index_bytes": _faiss_bytes(ivf._indexes[0]),
+        "peak_rss_mb_before_after": [round(rss0), round(_rss_mb())],
+        "by_nprobe": {
+            str(p): {"recall_at_10": round(_recall(ids, truth.tolist()), 4), **_stats(ms)}
+            for p, (ms, ids) in runs.items()
+        },
+    }
+    ivf = None  # free it before building the next
+    gc.collect()
+    if args.pq:
+        start = time.perf_counter()
+        pq = _ivfpq(emb, args.pq, nlist)
+        build_s = time.perf_counter() - start
+
+        def search(q, p):
+            _, found = pq.search(q[None], TOP, params=faiss.SearchParametersIVF(nprobe=p))
+            return found[0].tolist()
+
+        runs = _timed_searches(search, queries, args.nprobe)
+        out[f"ivfpq{args.pq}"] = {
+            "nlist": nlist,
+            "build_s": round(build_s, 2),
+            "index_bytes": _faiss_bytes(pq),
+            "by_nprobe": {
+                str(p): {"recall_at_10": round(_recall(ids, truth.tolist()), 4), **_stats(ms)}
+                for p, (ms, ids) in runs.items()
+            },
+        }
+    return out
+
+
+def _perf_analyzer() -> str | None:
+    """NVIDIA's perf_analyzer: $ASEN_PERF_ANALYZER, scripts/install_perf_analyzer.sh's
+    .venv-perf/perf_analyzer, or PATH."""
+    import shutil
+
+    local = Path(__file__).resolve().parents[1] / ".venv-perf" / "perf_analyzer"
+    for candidate in (
+        os.environ.get("ASEN_PERF_ANALYZER"),
+        str(local),
+        shutil.which("perf_analyzer"),
+    ):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def _served_repo(root: Path, items: int, attributes: int, nprobe: int) -> tuple[Path, bytes]:
+    """A random `small` model exported to `root/models` and an asen_search over a synthetic
+    IVF gallery in its embedding space. Returns the repository and a query image."""
+    import torch
+
+    from asen.checkpoint import atomic_save, make_checkpoint
+    from asen.config import AttributeSpec, load_config
+    from asen.data.synthetic import generate
+    from asen.model.asen import ASENPP
+    from asen.search import SearchIndex
+    from export.build import export_model
+    from export.search_model import add_search_model, encoder_identity
+
+    specs = [AttributeSpec(f"attr{i}", 4) for i in range(attributes)]
+    torch.manual_seed(0)
+    cfg = load_config(["small"], ["model.threshold=0.8"])
+    model = ASENPP(cfg.model, len(specs), 2)
+    atomic_save(make_checkpoint(model, cfg, specs), root / "model.pt")
+    repo = root / "models"
+    export_model(root / "model.pt", repo, max_batch=16)
+    dim = int(encoder_identity(repo, "asen_onnx")["embedding_dim"])
+    parts = [Gallery(seed=a, dim=dim).draw(items) for a in range(attributes)]
+    split = _split(np.concatenate(parts))
+    split.attributes = np.repeat(np.arange(attributes), items)
+    split.image_ids = np.arange(len(split.attributes), dtype=np.int64)
+    del parts
+    index = SearchIndex.build(split, [s.name for s in specs], ivf=True, nprobe=nprobe)
+    # synthetic vectors stand in for a gallery the encoder embedded: record it as that one's
+    index.manifest["encoder"] = encoder_identity(repo, "asen_onnx")
+    add_search_model(repo, index, "asen_onnx")
+    generate(root / "synth", seed=0, n_train=1, n_eval=2)
+    image = sorted((root / "synth" / "images" / "test").iterdir())[0].read_bytes()
+    return repo, image
+
+
+def bench_served(args, root: Path) -> dict:
+    """asen_search end to end under perf_analyzer (gRPC), concurrency 1 and 8."""
+    import base64
+    import subprocess
+
+    from client.server import free_port, start_server
+
+    binary = _perf_analyzer()
+    if binary is None:
+        return {"skipped": "perf_analyzer not found (bash scripts/install_perf_analyzer.sh)"}
+    start = time.perf_counter()
+    repo, image = _served_repo(root, args.served_items, args.attributes, args.nprobe[0])
+    build_s = time.perf_counter() - start
+    data = {
+        "data": [
+            {
+                "image_bytes": {"b64": base64.b64encode(image).decode(), "shape": [1]},
+                "attribute": ["attr0"],
+                "k": [TOP],
+                "nprobe": [args.nprobe[0]],
+            }
+        ]
+    }
+    (root / "input.json").write_text(json.dumps(data))
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    out = {"items_per_attribute": args.served_items, "repository_build_s": round(build_s, 1)}
+    with start_server(repo, log_file=root / "triton.log", **ports) as server:
+        for concurrency in (1, 8):
+            csv = root / f"perf_c{concurrency}.csv"
+            run = subprocess.run(
+                [
+                    binary,
+                    "-m",
+                    "asen_search",
+                    "-u",
+                    server.grpc_url,
+                    "-i",
+                    "grpc",
+                    "--input-data",
+                    str(root / "input.json"),
+                    "--concurrency-range",
+                    f"{concurrency}:{concurrency}",
+                    "--measurement-interval",
+                    str(args.measurement_ms),
+                    "--percentile",
+                    "99",
+                    "-f",
+                    str(csv),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if run.returncode != 0:
+                out[f"concurrency_{concurrency}"] = {"error": run.stderr.strip()[-500:]}
+                continue
+            header, row = csv.read_text().splitlines()[:2]
+            fields = dict(zip(header.split(","), row.split(","), strict=False))
+            out[f"concurrency_{concurrency}"] = {
+                "queries_per_s": float(fields["Inferences/Second"]),
+                "p50_ms": int(fields["p50 latency"]) / 1e3,
+                "p99_ms": int(fields["p99 latency"]) / 1e3,
+            }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=1_000_000, help="gallery items per attribute")
+    parser.add_argument("--attributes", type=int, default=4)
+    parser.add_argument("--dim", type=int, default=DIM)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--nprobe",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=[16, 8, 32, 64],
+        help="first: the index default",
+    )
+    parser.add_argument("--pq", type=int, default=32, help="IVF-PQ bytes a vector (0: skip)")
+    parser.add_argument(
+        "--served", action="store_true", help="also asen_search under perf_analyzer"
+    )
+    parser.add_argument("--served-items", type=int, default=None, help="default: --items")
+    parser.add_argument("--measurement-ms", type=int, default=5000)
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+    args.served_items = args.served_items or args.items
+    result = {
+        "items_per_attribute": args.items,
+        "dim": args.dim,
+        "queries": args.queries,
+        "load_average_start": os.getloadavg(),
+        "attributes": {},
+    }
+    for a in range(args.attributes):
+        result["attributes"][f"attr{a}"] = bench_attribute(a, args)
+        gc.collect()
+    if args.served:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="asen-bench-") as tmp:
+            result["served"] = bench_served(args, Path(tmp))
+    result["load_average_end"] = os.getloadavg()
+    text = json.dumps(result, indent=2)
+    if args.out:
+        from asen.atomic import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
