@@ -865,6 +865,30 @@ def search_cmd(
         console.print(f"wrote {html}")
 
 
+@app.command("app")
+@_errors
+def app_cmd(
+    url: Url = None,
+    protocol: Protocol = None,
+    model: Annotated[str, typer.Option(help="Served search model.")] = "asen_search",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the page.")] = 8080,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Gallery dataset root (default: the one the model reports)."),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest query image accepted.")] = 10.0,
+) -> None:
+    """A web page on the served asen_search model: upload or pick a query, see the top k."""
+    from client.app import Settings, run
+
+    if max_upload_mb <= 0:
+        raise AsenError(f"--max-upload-mb {max_upload_mb}: must be positive")
+    settings = Settings(url, model, protocol or "grpc", data, int(max_upload_mb * 2**20))
+    console.print(f"asen app on http://{host}:{port} (Ctrl-C to stop)", highlight=False)
+    run(settings, host=host, port=port)
+
+
 def _served_search(
     image: Path, attr: str, top: int, nprobe: int | None, url, protocol, model: str | None
 ) -> tuple[list, str]:
