@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# NVIDIA's perf_analyzer (in .venv-perf/) for the `asen bench serve` sweep test, which skips without it
+bash scripts/install_perf_analyzer.sh >/dev/null \
+  || echo "warning: could not install perf_analyzer; its tests will be skipped" >&2
 # headless Chromium (Debian's package) for the search page test, which skips without it
 if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
