@@ -1,7 +1,22 @@
-"""Training throughput (triplets/s) for stage 1 and 2 at the synthetic and the paper's sizes.
+"""Training step speed in each mode, at the synthetic (small) and the paper's sizes, and
+the whole `asen train` loop against the step alone.
 
-Times optimizer steps on in-memory uint8 triplets (decoding runs in DataLoader workers in
-real training, beside the step); prints one JSON object with medians.
+Steps: the trainer's own step (asen.training.step.train_step: forward over micro-batches,
+losses, backward, Adam) on in-memory uint8 triplets, 16 triplets (48 images) a step,
+random weights, stage 1 and stage 2. Modes, timed interleaved (one step of each in turn):
+
+- fp32: one pass of 48 images, contiguous weights, fp32;
+- fp32_micro: three passes of 16 (train.micro_batch=16);
+- channels_last: fp32 micro-batched, channels_last weights;
+- bf16_channels_last: as channels_last under bf16 autocast (the default on a CPU with
+  native BF16; fp32 channels_last is the default elsewhere).
+
+Loop (--loop): `asen.train.train` on a generated synthetic dataset with DataLoader workers
+decoding, timed by its own record (triplets/s over the epoch's steps, seconds waiting for
+data), beside the step alone in the default mode at the same size.
+
+Prints one JSON object: medians, ratios to fp32 one pass, and the issue's reference
+figures (its own training loop on the same 2-core CPU) for the paper size.
 """
 
 from __future__ import annotations
@@ -10,67 +25,151 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from asen.config import load_config
-from asen.losses import alignment_loss, triplet_loss
 from asen.model.asen import ASENPP
+from asen.training.setup import param_groups
+from asen.training.step import (
+    CPU_MICRO_BATCH,
+    MicroBatches,
+    StepSetup,
+    resolve_precision,
+    train_step,
+)
 
-SIZES = {"synthetic": ["small"], "paper": []}  # paper: the defaults (ResNet-50/34, 224/112)
+SIZES = {"small": ["small"], "paper": []}  # paper: the defaults (ResNet-50/34, 224/112)
+MODES = {  # name: (micro_batch, channels_last, precision)
+    "fp32": (0, False, "fp32"),
+    "fp32_micro": (CPU_MICRO_BATCH, False, "fp32"),
+    "channels_last": (CPU_MICRO_BATCH, True, "fp32"),
+    "bf16_channels_last": (CPU_MICRO_BATCH, True, "bf16"),
+}
+REFERENCE_S = {"paper_stage1": 8.0, "paper_stage2": 9.7}  # s a step, the issue's table
+TRIPLETS = 16
+ATTRIBUTES = 8
 
 
-def step_times(configs: list[str], stage: int, steps: int, device: str) -> dict:
-    cfg = load_config([f"stage{stage}", *configs])
+def _setup(size: str, stage: int, mode: str, device: torch.device) -> StepSetup:
+    cfg = load_config([f"stage{stage}", *SIZES[size]], [f"train.batch_size={TRIPLETS}"])
+    micro, channels_last, precision = MODES[mode]
     torch.manual_seed(0)
-    model = ASENPP(cfg.model, 8, stage).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    n, s = cfg.train.batch_size, cfg.model.source_size
-    x = torch.randint(0, 256, (3 * n, 3, s, s), dtype=torch.uint8, device=device)
-    a = torch.randint(0, 8, (n,), device=device).repeat(3)
-    times = []
-    for _ in range(steps + 1):  # the first step warms up
-        t0 = time.perf_counter()
-        out = model.branches(x, a)
-        g = out.global_embedding.view(3, n, -1)
-        loss = triplet_loss(g[0], g[1], g[2], 0.2)
-        if stage == 2:
-            lo = out.local_embedding.view(3, n, -1)
-            loss = loss + 0.1 * triplet_loss(lo[0], lo[1], lo[2], 0.2)
-            loss = loss + 0.1 * alignment_loss(out.global_embedding, out.local_embedding)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times[1:])
+    model = ASENPP(cfg.model, ATTRIBUTES, stage).to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(param_groups(model, cfg))
+    return StepSetup(MicroBatches(model, micro), optimizer, cfg.train, device, precision)
+
+
+def _batch(size: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    s = load_config(SIZES[size]).model.source_size
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (TRIPLETS, 3, 3, s, s), dtype=torch.uint8, generator=g)
+    return images.to(device), torch.randint(0, ATTRIBUTES, (TRIPLETS,), generator=g).to(device)
+
+
+def _timed(setup: StepSetup, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+    t0 = time.perf_counter()
+    train_step(setup, *batch)
+    if setup.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def step_modes(size: str, stage: int, *, steps: int, device: torch.device) -> dict:
+    """Median step seconds of every mode, timed in turn (the first round warms up)."""
+    setups = {mode: _setup(size, stage, mode, device) for mode in MODES}
+    batch = _batch(size, device)
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(steps + 1):
+        for mode, setup in setups.items():
+            times[mode].append(_timed(setup, batch))
+    medians = {mode: statistics.median(t[1:]) for mode, t in times.items()}
+    out = {
+        mode: {"median_step_s": round(m, 3), "triplets_per_s": round(TRIPLETS / m, 2)}
+        for mode, m in medians.items()
+    }
+    for mode, m in medians.items():
+        out[mode]["speedup_vs_fp32"] = round(medians["fp32"] / m, 2)
+    reference = REFERENCE_S.get(f"{size}_stage{stage}")
+    if reference is not None and device.type == "cpu":
+        out["reference_step_s"] = reference
+        out["speedup_vs_reference"] = {m: round(reference / v, 2) for m, v in medians.items()}
+    return out
+
+
+def loop_vs_step(size: str, *, steps: int, workers: int, device: torch.device) -> dict:
+    """The whole training loop (`asen.train.train`, DataLoader workers decoding) against
+    the step alone, stage 1, default settings."""
+    from asen.data.synthetic import generate
+    from asen.train import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(["stage1", *SIZES[size]])
+        generate(
+            Path(tmp, "data"), seed=0, n_train=200, n_eval=40, image_size=cfg.model.source_size
+        )
+        cfg.train.batch_size, cfg.train.triplets_per_epoch = TRIPLETS, TRIPLETS * steps
+        cfg.train.epochs, cfg.data.workers = 1, workers
+        result = train(
+            cfg, data_root=Path(tmp, "data"), stage=1, run_dir=Path(tmp, "run"), device=str(device)
+        )
+    record = result.records[0]
+    default = (
+        "bf16_channels_last" if resolve_precision("auto", device) == "bf16" else "channels_last"
+    )
+    setup = _setup(size, 1, default, device)
+    batch = _batch(size, device)
+    alone = statistics.median([_timed(setup, batch) for _ in range(steps + 1)][1:])
+    loop_step_s = TRIPLETS / record["triplets_per_s"]
     return {
-        "batch_triplets": n,
-        "source_size": s,
-        "median_step_s": round(median, 4),
-        "triplets_per_s": round(n / median, 1),
+        "workers": workers,
+        "steps": record["steps"],
+        "mode": default,
+        "loop_step_s": round(loop_step_s, 3),
+        "step_alone_s": round(alone, 3),
+        "loop_over_step": round(loop_step_s / alone, 2),
+        "data_wait_s_per_step": round(record["data_wait_s"] / record["steps"], 4),
+        "data_wait_fraction": round(record["data_wait_s"] / (loop_step_s * record["steps"]), 3),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (synthetic size)")
-    parser.add_argument("--paper-steps", type=int, default=3, help="timed steps (paper size)")
+    parser.add_argument("--quick", action="store_true", help="a short run (1-2 timed steps)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (small size)")
+    parser.add_argument("--paper-steps", type=int, default=None, help="timed steps (paper)")
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--loop", action="store_true", help="also time the whole loop")
+    parser.add_argument("--workers", type=int, default=2, help="loop: DataLoader workers")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    result = {
+    steps = {
+        "small": args.steps or (2 if args.quick else 10),
+        "paper": args.paper_steps or (1 if args.quick else 3),
+    }
+    device = torch.device(args.device)
+    result: dict = {
         "benchmark": "train",
         "device": args.device,
         "threads": torch.get_num_threads(),
-        "load_avg_before": os.getloadavg()[0],
+        "triplets_a_step": TRIPLETS,
+        "load_avg_before": os.getloadavg(),
     }
-    for name, configs in SIZES.items():
-        steps = args.steps if name == "synthetic" else args.paper_steps
+    for size in args.sizes:
         for stage in (1, 2):
-            result[f"{name}_stage{stage}"] = step_times(configs, stage, steps, args.device)
-    result["load_avg_after"] = os.getloadavg()[0]
+            result[f"{size}_stage{stage}"] = step_modes(
+                size, stage, steps=steps[size], device=device
+            )
+        if args.loop:
+            result[f"{size}_loop"] = loop_vs_step(
+                size, steps=max(steps[size], 3), workers=args.workers, device=device
+            )
+    result["load_avg_after"] = os.getloadavg()
     print(json.dumps(result))
 
 
