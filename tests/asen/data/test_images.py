@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
+import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from asen.data.images import BadImageError, load_image
+from asen.data.images import MAX_PIXELS, BadImageError, load_image
 
 S = 32
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -231,3 +235,86 @@ def test_directory_instead_of_file(tmp_path):
 def test_bad_bytes():
     with pytest.raises(BadImageError, match="<bytes>"):
         load_image(b"not an image at all", S)
+
+
+# ------------------------------------------------------------------ bounded cost
+
+
+def resize_then_crop(arr: np.ndarray, size: int) -> np.ndarray:
+    """The definition: resize the short side to `size` (PIL bilinear), crop the centre."""
+    h, w = arr.shape[:2]
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    resized = Image.fromarray(arr).resize((nw, nh), Image.BILINEAR)
+    return np.asarray(resized.crop((left, top, left + size, top + size))).transpose(2, 0, 1)
+
+
+def test_identical_to_resize_then_crop_for_ordinary_aspect_ratios():
+    rng = np.random.default_rng(11)
+    for i in range(40):
+        w, h = (int(v) for v in rng.integers(3, 400, 2))
+        if max(w, h) > 16 * min(w, h):
+            continue
+        size = int(rng.choice([24, 32, 57, 64]))
+        arr = noise(h, w, seed=i)
+        got = load_image(encode(Image.fromarray(arr)), size)
+        np.testing.assert_array_equal(got, resize_then_crop(arr, size), err_msg=f"{w}x{h}")
+
+
+@pytest.mark.parametrize(("w", "h"), [(1000, 20), (7, 600), (3000, 2)])
+def test_thin_images_resample_only_the_centre_square(w, h):
+    """Beyond 16:1 only the centre's region is resampled: within one level of the
+    definition (Pillow's float32 box corners), at the cost of a square."""
+    arr = noise(h, w, seed=w)
+    got = load_image(encode(Image.fromarray(arr)), S)
+    assert np.abs(got.astype(int) - resize_then_crop(arr, S)).max() <= 1
+
+
+PEAK_SCRIPT = """
+import io, resource, sys
+from PIL import Image
+from asen.data.images import load_image
+
+def png(w, h):
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h)).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+load_image(png(8, 8), 32)  # Pillow's plugins are loaded before the baseline
+data = png(int(sys.argv[1]), int(sys.argv[2]))
+resident = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() // 1024
+out = load_image(data, 448)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+print(len(data), out.shape[1], out.shape[2], (peak - resident) / 1024)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize(("w", "h"), [(40000, 1), (1, 40000)])
+def test_a_tiny_thin_png_costs_little_memory(w, h):
+    """A 40000 x 1 PNG of about 200 bytes: resizing its short side to 448 first would make a
+    17.9-million-pixel-wide image (gigabytes); the extra peak memory stays under 100 MB."""
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, str(w), str(h)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    size, out_h, out_w, extra_mib = done.stdout.split()
+    assert int(size) < 300 and (int(out_h), int(out_w)) == (448, 448)
+    assert float(extra_mib) < 100, f"{float(extra_mib):.1f} MiB extra peak memory"
+
+
+@pytest.mark.parametrize("side", [9000, 10000, 40000])
+def test_too_many_pixels_is_one_line_and_no_warning(tmp_path, side):
+    """9000^2 is over asen's bound, 10000^2 over Pillow's warning limit, 40000^2 over its
+    error limit: the same one-line error, nothing decoded, no DecompressionBombWarning."""
+    path = tmp_path / "big.png"
+    path.write_bytes(tiny_png_header(side, side))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        msg = assert_bad(path)
+    assert "too large" in msg and f"{MAX_PIXELS:,}" in msg
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
