@@ -812,7 +812,10 @@ def search_cmd(
     top: Annotated[int, typer.Option(help="Number of results.")] = 10,
     html: Annotated[
         Path | None,
-        typer.Option(help="Write a results page; its images go to OUT_files/ (replaced)."),
+        typer.Option(
+            help="Write a results page; its images go to OUT_files/, a folder asen marks "
+            "as its own (any other folder there is refused)."
+        ),
     ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON.")
@@ -834,6 +837,10 @@ def search_cmd(
     from asen.atomic import atomic_write_text
     from asen.search import SearchIndex, attribute_id, query
 
+    if html:
+        from asen.page_files import check_page_path
+
+        check_page_path(html)  # a page asen must not write is refused before the search
     if index is None:
         if backend != BackendName.triton or html:
             raise AsenError("--index is required (except with --backend triton and no --html)")

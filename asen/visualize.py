@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,8 +19,9 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageOps
 
 from asen.atomic import atomic_write, atomic_write_text
-from asen.data.images import load_image
+from asen.data.images import BadImageError, load_image, open_image
 from asen.model.asen import ASENPP
+from asen.page_files import PageFiles
 
 if TYPE_CHECKING:  # search imports faiss; training plots need neither
     from asen.search import Hit, SearchIndex
@@ -133,15 +133,16 @@ def plot_training(metrics: Path) -> Path:
 
 
 def _thumbnail(source: Path, out: Path) -> bool:
-    """Save a JPEG thumbnail of an image file; False when it cannot be read."""
+    """Save a JPEG thumbnail of an image file; False when it cannot be read (missing,
+    not an image, over the decoding bound)."""
     try:
-        with Image.open(source) as img:
+        with open_image(source) as img:
             img = ImageOps.exif_transpose(img).convert("RGB")
             img.thumbnail((THUMB, THUMB))
-            _save_picture(img, out, "JPEG", quality=88)
-        return True
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except (BadImageError, OSError, ValueError):
         return False
+    _save_picture(img, out, "JPEG", quality=88)
+    return True
 
 
 PAGE_CSS = """
@@ -185,26 +186,28 @@ def write_search_page(
     note: str = "",
 ) -> Path:
     """A self-contained results page; its images go to `OUT_files/` beside it, referenced
-    relatively, so the page works when moved with that folder. Returns the folder."""
-    files = out.with_name(f"{out.stem}_files")
-    if files.exists():
-        shutil.rmtree(files)
-    files.mkdir(parents=True)
-    esc = html.escape
-    folder = esc(quote(files.name))  # relative URL of the images folder
+    relatively, so the page works when moved with that folder. That folder is asen's own
+    (asen/page_files.py): any other folder there is refused, nothing asen did not write is
+    deleted, and the page itself is written atomically. Returns the folder."""
     name = index.names[attribute]
+    names = ["query.jpg", *(["attention.png"] if explanation is not None else [])]
+    files = PageFiles(out, names + [f"r{hit.rank:03d}.jpg" for hit in hits])
+    written: set[str] = set()
+    esc = html.escape
+    folder = esc(quote(files.folder.name))  # relative URL of the images folder
     query_figs = []
-    if _thumbnail(query_file, files / "query.jpg"):
+    if _thumbnail(query_file, files.path("query.jpg")):
         query_figs.append(("query.jpg", f"query: {query_file.name}"))
     if explanation is not None:
         box = None if explanation.boxes is None else explanation.boxes[0]
         _save_picture(
             overlay(explanation.image, explanation.attention[0], box),
-            files / "attention.png",
+            files.path("attention.png"),
             "PNG",
         )
         crop = "; white box: the local branch's crop" if box is not None else " (stage 1: no crop)"
         query_figs.append(("attention.png", f"attention for {name}{crop}"))
+    written.update(f for f, _ in query_figs)
     query_html = "".join(
         f'<figure><img src="{folder}/{f}" alt="{esc(c)}"><figcaption>{esc(c)}</figcaption></figure>'
         for f, c in query_figs
@@ -212,7 +215,8 @@ def write_search_page(
     cards = []
     for hit in hits:
         thumb = f"r{hit.rank:03d}.jpg"
-        if _thumbnail(index.resolve(hit.path), files / thumb):
+        if _thumbnail(index.resolve(hit.path), files.path(thumb)):
+            written.add(thumb)
             picture = f'<img src="{folder}/{thumb}" alt="{esc(hit.path)}">'
         else:
             picture = f'<div class="missing">image not available<br>{esc(hit.path)}</div>'
@@ -221,6 +225,7 @@ def write_search_page(
             f'<div>{esc(name)} = {hit.value}</div><div class="path">{esc(hit.path)}</div>'
             "</figcaption></figure>"
         )
+    files.finish(written)
     title = f"asen search: {name}"
     atomic_write_text(
         out,
@@ -238,4 +243,4 @@ def write_search_page(
 </body></html>
 """,
     )
-    return files
+    return files.folder

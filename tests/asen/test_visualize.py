@@ -10,10 +10,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from asen import AsenError
 from asen.checkpoint import atomic_save, load_model, make_checkpoint
 from asen.config import AttributeSpec, load_config
 from asen.data.synthetic import render
 from asen.model.asen import ASENPP
+from asen.page_files import MANIFEST
 from asen.search import Hit, SearchIndex
 from asen.train import TrainCallbacks, _plot_curves
 from asen.visualize import (
@@ -95,7 +97,7 @@ def test_page_shows_a_placeholder_for_a_missing_image(files, tmp_path) -> None:
     )
     text = page.read_text()
     assert text.count("<img ") == 2 and "image not available" in text and "gone.png" in text
-    assert sorted(p.name for p in folder.iterdir()) == ["query.jpg", "r001.jpg"]
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, "query.jpg", "r001.jpg"]
 
 
 def _records(n: int) -> list[dict]:
@@ -122,3 +124,92 @@ def test_training_curves_and_a_failing_plot_never_stops_training(tmp_path, monke
     metrics.write_text("not json\n")
     _plot_curves(metrics, TrainCallbacks(message=messages.append))
     assert len(messages) == 1 and "curves.png" in messages[0]
+
+
+# ------------------------------------------------------------------ the page's images folder
+
+
+def _page(files: dict, root, page, hits: int = 2):
+    """Write a results page over `hits` copies of the garment image under `root`."""
+    index = SearchIndex({"attribute_names": ["collar"], "data_root": str(root)}, {})
+    Image.open(files["image"]).save(root / "here.png")
+    found = [Hit(r, 1 - r / 10, "here.png", r, 1, False) for r in range(1, hits + 1)]
+    return write_search_page(
+        page, files["image"], 0, hits=found, index=index, explanation=None, subtitle="t"
+    )
+
+
+def test_a_folder_asen_did_not_make_is_refused_and_kept(files, tmp_path) -> None:
+    page = tmp_path / "results.html"
+    mine = tmp_path / "results_files"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(AsenError, match="not made by asen search") as e:
+        _page(files, tmp_path, page)
+    assert "\n" not in str(e.value)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"] and not page.exists()
+
+
+def test_a_plain_file_where_the_folder_goes_is_one_line(files, tmp_path) -> None:
+    page = tmp_path / "results.html"
+    (tmp_path / "results_files").write_text("a file, not a folder")
+    with pytest.raises(AsenError, match="exists and is not a folder"):
+        _page(files, tmp_path, page)
+    assert (tmp_path / "results_files").read_text() == "a file, not a folder"
+
+
+def test_a_page_name_that_is_a_folder_is_one_line(files, tmp_path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(AsenError, match="is a folder"):
+        _page(files, tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out_files").exists()
+
+
+def test_rewriting_a_page_replaces_only_what_asen_wrote(files, tmp_path) -> None:
+    page = tmp_path / "r.html"
+    folder = _page(files, tmp_path, page, hits=3)
+    assert sorted(json.loads((folder / MANIFEST).read_text())["files"]) == [
+        "query.jpg",
+        "r001.jpg",
+        "r002.jpg",
+        "r003.jpg",
+    ]
+    (folder / "notes.txt").write_text("mine")  # a user's file inside asen's folder
+    _page(files, tmp_path, page, hits=1)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        MANIFEST,
+        "notes.txt",
+        "query.jpg",
+        "r001.jpg",
+    ]
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert "r002.jpg" not in page.read_text()
+    assert not list(tmp_path.glob(".asen-tmp-*")) and not list(folder.glob(".asen-tmp-*"))
+
+
+def test_a_file_asen_did_not_write_is_never_overwritten(files, tmp_path) -> None:
+    page = tmp_path / "r.html"
+    folder = _page(files, tmp_path, page, hits=1)
+    (folder / "r002.jpg").write_bytes(b"the user's own picture")
+    with pytest.raises(AsenError, match="not written by asen"):
+        _page(files, tmp_path, page, hits=2)
+    assert (folder / "r002.jpg").read_bytes() == b"the user's own picture"
+
+
+def test_another_pages_folder_is_refused(files, tmp_path) -> None:
+    _page(files, tmp_path, tmp_path / "r.html")
+    with pytest.raises(AsenError, match="holds the images of r.html"):
+        _page(files, tmp_path, tmp_path / "r.htm")  # the same r_files/ folder
+
+
+def test_search_html_checks_the_page_before_searching(tmp_path) -> None:
+    (tmp_path / "page_files").mkdir()
+    (tmp_path / "page_files" / "keep.txt").write_text("keep")
+    for html_arg in (tmp_path / "page.html", tmp_path):  # a foreign folder; a folder as page
+        args = ["search", "q.png", "--attr", "a", "--index", tmp_path / "no-index"]
+        result = runner.invoke(app, [str(a) for a in [*args, "--html", html_arg]])
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+        assert "no-index" not in result.output  # refused before the index is even opened
+    assert (tmp_path / "page_files" / "keep.txt").read_text() == "keep"
