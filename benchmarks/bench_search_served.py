@@ -347,8 +347,13 @@ def main() -> None:
     if args.served:
         import tempfile
 
+        from asen import AsenError
+
         with tempfile.TemporaryDirectory(prefix="asen-bench-") as tmp:
-            result["served"] = bench_served(args, Path(tmp))
+            try:
+                result["served"] = bench_served(args, Path(tmp))
+            except AsenError as e:  # keep the index figures; say why the rest is missing
+                result["served"] = {"error": str(e)}
     result["load_average_end"] = os.getloadavg()
     text = json.dumps(result, indent=2)
     if args.out:

@@ -58,17 +58,31 @@ def _sha256(path: Path) -> str:
 
 
 def encoder_artifact(repo: Path, encoder: str) -> Path:
-    """`<repo>/<encoder>/1/model.onnx` (or `model.plan` for a `*_trt` model)."""
-    kind = "trt" if encoder.endswith(layout.ARTIFACTS["trt"][0]) else "onnx"
-    return Path(repo) / encoder / layout.VERSION / layout.ARTIFACTS[kind][1]
+    """The artifact of encoder model `encoder`: `<repo>/<encoder>/1/model.onnx` or
+    `model.plan`."""
+    folder = Path(repo) / encoder / layout.VERSION
+    for _, filename in layout.ARTIFACTS.values():
+        if (folder / filename).is_file():
+            return folder / filename
+    raise AsenError(
+        f"{folder}: no model.onnx or model.plan; --encoder names an encoder model that "
+        "`asen export` wrote (e.g. asen_onnx)"
+    )
+
+
+def _probe_graph(repo: Path, encoder: str) -> Path:
+    """The ONNX graph that re-embeds probe images: the encoder's own, or for a TensorRT
+    plan `<name>_trt...` the fp32 graph `<name>_onnx`."""
+    artifact = encoder_artifact(repo, encoder)
+    if artifact.suffix == ".onnx":
+        return artifact
+    return encoder_artifact(repo, encoder.split("_trt")[0] + "_onnx")
 
 
 def encoder_identity(repo: Path, encoder: str) -> dict[str, str | None]:
     """What identifies the encoder model `encoder` of `repo`: its name, precision and
     checkpoint sha256 (from `model.json`) and the sha256 of the artifact itself."""
     artifact = encoder_artifact(repo, encoder)
-    if not artifact.is_file():
-        raise AsenError(f"{artifact}: no such encoder artifact (write it with `asen export`)")
     meta = layout.read_sidecar(artifact)
     return {
         "model": encoder,
@@ -122,8 +136,7 @@ def check_gallery(
     from export.encoders import OnnxEncoder
 
     identity = encoder_identity(repo, encoder)
-    onnx_path = encoder_artifact(repo, encoder.removesuffix("_trt").removesuffix("_onnx") + "_onnx")
-    model = OnnxEncoder(onnx_path, "cpu")
+    model = OnnxEncoder(_probe_graph(repo, encoder), "cpu")
     if gallery.embeddings.shape[1] != model.info.dim:
         raise AsenError(
             f"{source}: embeddings of dim {gallery.embeddings.shape[1]}, but {encoder} "

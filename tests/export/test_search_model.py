@@ -140,7 +140,7 @@ def test_repo_needs_data_and_an_encoder(repo, galleries, tmp_path) -> None:
         "--encoder",
         "asen_trt",
     )
-    assert code == 1 and "asen_trt/1/model.plan: no such encoder artifact" in out
+    assert code == 1 and "asen_trt/1: no model.onnx or model.plan; --encoder names" in out
 
 
 def test_encoder_mismatch_rules() -> None:
