@@ -1,16 +1,20 @@
-"""Load on a Triton-served model: N concurrent clients for a bounded time (tensor path),
-with the encoder's dynamic batching on and off, and off with two single-thread instances
-(three servers, one config each), and direct ONNX Runtime at batch 1, N and 32 in the same
-run. The scenarios run in interleaved slices, so that other activity on a shared machine
-slows them alike; the on/off ratio is given over the whole run and as the median of the
-slices. `mean_executed_batch` is images per model execution, from Triton's statistics.
+"""Triton serving against ONNX Runtime called directly, in one run.
 
-    python benchmarks/bench_triton.py [--config small] [--checkpoint best.pt] [--duration 15]
-        [--rounds 5] [--concurrency 8] [--soak 60]
+The served side is measured by NVIDIA's perf_analyzer (through `client.perf`, what `asen
+bench serve` runs) on three servers of the same export: dynamic batching on, off, and off
+with two 1-thread instances. This script adds what perf_analyzer cannot do: ONNX Runtime
+called directly in this process at the batch size the batcher actually formed (images per
+model execution, from Triton's statistics), in the same run, interleaved round by round so
+that other activity on a shared machine slows both alike. Optionally a concurrency sweep
+per server, system shared memory against none, and a soak at concurrency 16.
 
-Prints one JSON object: throughput (images/s), p50/p99 latency (ms) and errors per scenario.
-Targets (issue 4): batching on >= 1.5x off at concurrency 8; the best Triton throughput
->= 0.7x direct ONNX Runtime at batch 32; the soak (concurrency 16) ends with zero errors.
+    python benchmarks/bench_triton.py [--config small|paper] [--checkpoint best.pt]
+        [--concurrency 8] [--rounds 3] [--interval-ms 2000] [--sweep 1:16:1] [--shm]
+        [--soak 60]
+
+Prints one JSON object. Targets (issue 14): at concurrency 8 the served throughput is at
+least 0.85x direct ONNX Runtime at the formed batch size; the soak ends with zero errors
+(perf_analyzer stops at the first failed request).
 """
 
 from __future__ import annotations
@@ -20,21 +24,23 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from models import CONFIGS, random_model
 
+from asen.atomic import atomic_write_text
 from asen.checkpoint import atomic_save, make_checkpoint
+from client.perf import Sweep, Target, run_sweep
 from client.server import free_port, start_server
 from export.build import export_model
 from export.encoders import OnnxEncoder
-from export.layout import artifact_path, read_sidecar
+from export.layout import artifact_path
 from export.repository import read_config
+
+ENCODER = "asen_onnx"
 
 
 def make_repo(root: Path, config: str, checkpoint: Path | None) -> Path:
@@ -57,86 +63,8 @@ def variant(repo: Path, out: Path, instances: int = 1, threads: int = 0) -> Path
         cfg.ClearField("dynamic_batching")
         cfg.instance_group[0].count = instances
         cfg.parameters["intra_op_thread_count"].string_value = str(threads)
-        path.write_text(text_format.MessageToString(cfg))
+        atomic_write_text(path, text_format.MessageToString(cfg))
     return out
-
-
-def inputs(s: int, batch: int, seed: int) -> list[grpcclient.InferInput]:
-    rng = np.random.default_rng(seed)
-    image = grpcclient.InferInput("image", [batch, 3, s, s], "UINT8")
-    image.set_data_from_numpy(rng.integers(0, 256, (batch, 3, s, s), dtype=np.uint8))
-    attribute = grpcclient.InferInput("attribute", [batch, 1], "INT64")
-    attribute.set_data_from_numpy(rng.integers(0, 4, (batch, 1)).astype(np.int64))
-    return [image, attribute]
-
-
-class Load:
-    """One load scenario, measured over several slices of time (interleaved with others, so
-    that background activity on a shared machine hits every scenario alike)."""
-
-    def __init__(self, url: str, model: str, s: int, concurrency: int, batch: int):
-        self.url, self.model, self.concurrency, self.batch = url, model, concurrency, batch
-        self.requests = [inputs(s, batch, k) for k in range(concurrency)]
-        self.latencies: list[float] = []
-        self.errors: list[str] = []
-        self.seconds = 0.0
-        self.rounds: list[float] = []  # throughput of each slice (images/s)
-        self.served = self.executions = 0
-
-    def _counts(self, client: grpcclient.InferenceServerClient) -> tuple[int, int]:
-        """Requests served and model executions so far, by the server's own statistics."""
-        stats = client.get_inference_statistics(self.model, as_json=True)["model_stats"][0]
-        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
-
-    def run(self, seconds: float) -> None:
-        """`concurrency` clients, each sending one request after the other for `seconds`."""
-        client = grpcclient.InferenceServerClient(self.url)
-        for _ in range(2):  # warm-up
-            client.infer(self.model, self.requests[0])
-        lock = threading.Lock()
-        served, executions = self._counts(client)
-        done = len(self.latencies)
-        start = time.perf_counter()
-        stop = start + seconds
-
-        def worker(k: int) -> None:
-            while time.perf_counter() < stop:
-                t = time.perf_counter()
-                try:
-                    client.infer(self.model, self.requests[k], client_timeout=60)
-                    with lock:
-                        self.latencies.append(time.perf_counter() - t)
-                except Exception as e:  # noqa: BLE001 - counted and reported
-                    with lock:
-                        self.errors.append(str(e).splitlines()[0])
-
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(self.concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - start
-        self.seconds += elapsed
-        self.rounds.append((len(self.latencies) - done) * self.batch / elapsed)
-        served_now, executions_now = self._counts(client)
-        self.served += served_now - served
-        self.executions += executions_now - executions
-        client.close()
-
-    def report(self) -> dict:
-        ms = np.array(self.latencies) * 1000
-        return {
-            "concurrency": self.concurrency,
-            "batch": self.batch,
-            "seconds": round(self.seconds, 1),
-            "requests": len(ms),
-            "throughput_img_s": round(len(ms) * self.batch / self.seconds, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
-            "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
-            "mean_executed_batch": round(self.served / max(self.executions, 1), 2),
-            "errors": len(self.errors),
-            **({"first_error": self.errors[0]} if self.errors else {}),
-        }
 
 
 class Direct:
@@ -148,21 +76,16 @@ class Direct:
         self.images = rng.integers(0, 256, (batch, 3, s, s), dtype=np.uint8)
         self.attributes = rng.integers(0, 4, batch).astype(np.int64)
         self.encoder.encode(self.images, self.attributes)
-        self.batch, self.images_done, self.seconds = batch, 0, 0.0
+        self.batch, self.rounds = batch, []
 
-    def run(self, seconds: float) -> None:
-        start = time.perf_counter()
+    def run(self, seconds: float) -> float:
+        """Images/s over `seconds`; kept as one round."""
+        start, done = time.perf_counter(), 0
         while time.perf_counter() - start < seconds:
             self.encoder.encode(self.images, self.attributes)
-            self.images_done += self.batch
-        self.seconds += time.perf_counter() - start
-
-    def report(self) -> dict:
-        return {
-            "batch": self.batch,
-            "seconds": round(self.seconds, 1),
-            "throughput_img_s": round(self.images_done / self.seconds, 1),
-        }
+            done += self.batch
+        self.rounds.append(done / (time.perf_counter() - start))
+        return self.rounds[-1]
 
 
 def serve(repo: Path, log: Path):
@@ -170,77 +93,119 @@ def serve(repo: Path, log: Path):
     return start_server(repo, log_file=log, **ports)
 
 
+def measure(url: str, concurrency: int, args, shared_memory: str = "none") -> dict:
+    """One perf_analyzer measurement at `concurrency` (tensor path, batch-1 requests)."""
+    level = run_sweep(
+        Target(url, ENCODER),
+        sweep=Sweep(concurrency, concurrency),
+        shared_memory=shared_memory,
+        interval_ms=args.interval_ms,
+        stability=100,
+    )[0]
+    return level.as_dict()
+
+
+def median_of(rows: list[dict], key: str) -> float:
+    return round(float(np.median([r[key] for r in rows])), 3)
+
+
+def rounds(servers: dict, repo: Path, args) -> dict:
+    """Interleaved rounds: each server at the concurrency, then direct ONNX Runtime at
+    batch 1 and at the batch the batcher formed so far."""
+    c, served = args.concurrency, {name: [] for name in servers}
+    shm: dict[str, list] = {"none": [], "system": []}
+    direct: dict[int, Direct] = {}
+    ratios = []
+    for _ in range(args.rounds):
+        for name, handle in servers.items():
+            served[name].append(measure(handle.grpc_url, c, args))
+        if args.shm:
+            for kind in shm:
+                shm[kind].append(measure(servers["batching_on"].grpc_url, c, args, kind))
+        formed = max(1, round(np.median([r["batch_per_execution"] for r in served["batching_on"]])))
+        for batch in {1, formed}:
+            direct.setdefault(batch, Direct(repo, batch)).run(args.interval_ms / 1000)
+        ratios.append(served["batching_on"][-1]["throughput"] / direct[formed].rounds[-1])
+    report = {
+        name: {
+            "throughput_img_s": median_of(rows, "throughput"),
+            "p50_ms": median_of(rows, "p50_ms"),
+            "p99_ms": median_of(rows, "p99_ms"),
+            "batch_per_execution": median_of(rows, "batch_per_execution"),
+            "rounds": [r["throughput"] for r in rows],
+        }
+        for name, rows in served.items()
+    }
+    report["direct_onnxruntime"] = {
+        f"b{b}": round(float(np.median(d.rounds)), 1) for b, d in sorted(direct.items())
+    }
+    report["formed_batch"] = formed
+    report[f"served_vs_direct_at_formed_batch_c{c}"] = {
+        "median_of_rounds": round(float(np.median(ratios)), 3),
+        "rounds": [round(r, 3) for r in ratios],
+    }
+    if args.shm:
+        shm_rows = {k: [r["throughput"] for r in v] for k, v in shm.items()}
+        report["shared_memory"] = {
+            **{k: round(float(np.median(v)), 1) for k, v in shm_rows.items()},
+            "system_vs_none": round(
+                float(np.median(shm_rows["system"]) / np.median(shm_rows["none"])), 3
+            ),
+            "rounds": shm_rows,
+        }
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="small")
     parser.add_argument("--checkpoint", type=Path, help="serve this checkpoint's model instead")
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds per scenario")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved slices per scenario")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--interval-ms", type=int, default=2000, help="perf_analyzer window")
+    parser.add_argument("--sweep", help="also sweep each server over START:END:STEP")
+    parser.add_argument("--shm", action="store_true", help="system shared memory vs none")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds at concurrency 16")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-triton-"))
-    c, load_before = args.concurrency, os.getloadavg()[0]
+    load_before = os.getloadavg()
     try:
         repo = make_repo(root, args.config, args.checkpoint)
-        s = int(read_sidecar(artifact_path(repo, "asen", "onnx"))["source_size"])
-        off_repo = variant(repo, root / "off")
-        two_repo = variant(repo, root / "two", instances=2, threads=1)
         with (
             serve(repo, root / "on.log") as on,
-            serve(off_repo, root / "off.log") as off,
-            serve(two_repo, root / "two.log") as two,
+            serve(variant(repo, root / "off"), root / "off.log") as off,
+            serve(variant(repo, root / "two", instances=2, threads=1), root / "two.log") as two,
         ):
-            on_c, off_c = f"batching_on_c{c}_b1", f"batching_off_c{c}_b1"
-            scenarios = {
-                "direct_onnxruntime_b1": Direct(repo, 1),
-                f"direct_onnxruntime_b{c}": Direct(repo, c),  # what batching c requests gains
-                "direct_onnxruntime_b32": Direct(repo, 32),
-                on_c: Load(on.grpc_url, "asen_onnx", s, c, 1),
-                off_c: Load(off.grpc_url, "asen_onnx", s, c, 1),
-                f"two_instances_1_thread_batching_off_c{c}_b1": Load(
-                    two.grpc_url, "asen_onnx", s, c, 1
-                ),
-                "batching_on_c2_b32": Load(on.grpc_url, "asen_onnx", s, 2, 32),
-            }
-            for _ in range(args.rounds):
-                for scenario in scenarios.values():
-                    scenario.run(args.duration / args.rounds)
+            servers = {"batching_on": on, "batching_off": off, "two_instances_1_thread": two}
             report: dict = {
                 "model": str(args.checkpoint or args.config),
-                "source_size": s,
                 "cpu_cores": len(os.sched_getaffinity(0)),
-                "served_as": next(c.how for c in on.choices if c.model.endswith("_onnx")),
-                **{name: scenario.report() for name, scenario in scenarios.items()},
+                "served_as": next(c.how for c in on.choices if c.model == ENCODER),
+                "concurrency": args.concurrency,
+                **rounds(servers, repo, args),
             }
-            per_round = [
-                a / b for a, b in zip(scenarios[on_c].rounds, scenarios[off_c].rounds, strict=True)
-            ]
+            if args.sweep:
+                report["sweeps"] = {
+                    name: [
+                        level.as_dict()
+                        for level in run_sweep(
+                            Target(h.grpc_url, ENCODER),
+                            sweep=Sweep.parse(args.sweep),
+                            interval_ms=args.interval_ms,
+                            stability=100,
+                        )
+                    ]
+                    for name, h in servers.items()
+                }
             if args.soak:
-                soak = Load(on.grpc_url, "asen_onnx", s, 16, 1)
-                soak.run(args.soak)
-                report["soak_c16_b1"] = soak.report()
-        rate = {k: v["throughput_img_s"] for k, v in report.items() if isinstance(v, dict)}
-        ratio_batching = rate[on_c] / rate[off_c]
-        best = max(rate[on_c], rate["batching_on_c2_b32"])
-        ratio_direct = best / rate["direct_onnxruntime_b32"]
-        report["ratios"] = {
-            f"batching_on_vs_off_c{c}": round(ratio_batching, 2),
-            f"batching_on_vs_off_c{c}_median_of_rounds": round(float(np.median(per_round)), 2),
-            f"two_instances_1_thread_vs_batching_off_c{c}": round(
-                rate[f"two_instances_1_thread_batching_off_c{c}_b1"] / rate[off_c], 2
-            ),
-            f"direct_onnxruntime_b{c}_vs_b1": round(
-                rate[f"direct_onnxruntime_b{c}"] / rate["direct_onnxruntime_b1"], 2
-            ),
-            "best_triton_vs_direct_onnxruntime_b32": round(ratio_direct, 2),
-        }
-        report["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
-        report["targets_met"] = {
-            "batching_1.5x": ratio_batching >= 1.5,
-            "direct_0.7x": ratio_direct >= 0.7,
-            **({"soak_zero_errors": report["soak_c16_b1"]["errors"] == 0} if args.soak else {}),
-        }
+                soak = run_sweep(
+                    Target(on.grpc_url, ENCODER),
+                    sweep=Sweep(16, 16),
+                    interval_ms=int(args.soak * 1000 / 3),  # three windows
+                    stability=100,
+                )[0]
+                report["soak_c16"] = {**soak.as_dict(), "errors": 0, "seconds": args.soak}
+        report["load_average"] = {"before": load_before, "after": os.getloadavg()}
         print(json.dumps(report, indent=2))
     finally:
         shutil.rmtree(root, ignore_errors=True)
