@@ -188,27 +188,40 @@ class SearchIndex:
 
     @classmethod
     def load(cls, path: Path) -> SearchIndex:
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise AsenError(f"{path}: not an index folder (no manifest.json; see `asen index`)")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != FORMAT:
-            raise AsenError(f"{path}: index format {manifest.get('format')!r}, expected {FORMAT}")
-        with np.load(path / "items.npz", allow_pickle=False) as npz:
-            items = {k: npz[k] for k in npz.files}
+        """Read an index folder; a damaged or missing part is one line naming the file."""
+        manifest = _read_manifest(path)
+        items = _read_items(path / "items.npz", len(manifest["attribute_names"]))
         return cls(manifest, items, path)
 
     def _index(self, attribute: int) -> faiss.Index:
         if attribute not in self._indexes:
             if not self.manifest["counts"][attribute]:
                 raise AsenError(f"the index holds no entries for '{self.names[attribute]}'")
-            self._indexes[attribute] = faiss.read_index(str(self.path / f"attr_{attribute}.faiss"))
+            self._indexes[attribute] = self._read_index(attribute)
         return self._indexes[attribute]
+
+    def _read_index(self, attribute: int) -> faiss.Index:
+        file = self.path / f"attr_{attribute}.faiss"
+        if not file.is_file():
+            raise AsenError(f"{file}: missing from the index; {_REBUILD}")
+        try:
+            index = faiss.read_index(str(file))
+        except RuntimeError as e:
+            reason = str(e).strip().split("Error: ")[-1] or "unreadable"
+            raise AsenError(f"{file}: damaged index file ({reason}); {_REBUILD}") from None
+        if index.d != self.dim or index.ntotal != self.manifest["counts"][attribute]:
+            raise AsenError(
+                f"{file}: holds {index.ntotal} vectors of dim {index.d}, the manifest says "
+                f"{self.manifest['counts'][attribute]} of dim {self.dim}; {_REBUILD}"
+            )
+        return index
 
     def search(
         self, embedding: np.ndarray, attribute: int, k: int = 10, nprobe: int | None = None
     ) -> list[Hit]:
         """The top `k` entries of `attribute` by inner product with `embedding` [D]."""
+        if nprobe is not None and nprobe < 1:
+            raise AsenError(f"--nprobe must be at least 1, got {nprobe}")
         q = np.ascontiguousarray(embedding, dtype=np.float32).reshape(1, -1)
         if q.shape[1] != self.dim:
             raise AsenError(f"query embedding has dim {q.shape[1]}, the index {self.dim}")
@@ -230,6 +243,47 @@ class SearchIndex:
             for rank, (score, i) in enumerate(zip(scores[0], ids[0], strict=True), start=1)
             if i >= 0
         ]
+
+
+_REBUILD = "rebuild it with `asen index`"
+_MANIFEST_KEYS = {"format": str, "attribute_names": list, "dim": int, "kind": str, "counts": list}
+_ITEM_KEYS = ("paths", "image_ids", "values", "is_query", "offsets")
+
+
+def _read_manifest(path: Path) -> dict:
+    """manifest.json of an index folder, checked for the keys search uses."""
+    file = path / "manifest.json"
+    if not file.is_file():
+        raise AsenError(f"{path}: not an index folder (no manifest.json; see `asen index`)")
+    try:
+        manifest = json.loads(file.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise AsenError(f"{file}: damaged index manifest ({e}); {_REBUILD}") from None
+    if not isinstance(manifest, dict):
+        raise AsenError(f"{file}: damaged index manifest (not a JSON object); {_REBUILD}")
+    if manifest.get("format") != FORMAT:
+        raise AsenError(f"{path}: index format {manifest.get('format')!r}, expected {FORMAT}")
+    wrong = [k for k, kind in _MANIFEST_KEYS.items() if not isinstance(manifest.get(k), kind)]
+    if wrong or len(manifest["counts"]) != len(manifest["attribute_names"]):
+        what = ", ".join(wrong) or "counts"
+        raise AsenError(f"{file}: damaged index manifest ({what} missing or wrong); {_REBUILD}")
+    return manifest
+
+
+def _read_items(file: Path, n_attributes: int) -> dict[str, np.ndarray]:
+    """items.npz of an index folder: the indexed entries and per-attribute offsets."""
+    if not file.is_file():
+        raise AsenError(f"{file}: missing from the index; {_REBUILD}")
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            items = {k: npz[k] for k in npz.files}
+    except Exception as e:  # noqa: BLE001 - a truncated zip, a bad header: one line each
+        raise AsenError(f"{file}: damaged index file ({e}); {_REBUILD}") from None
+    missing = [k for k in _ITEM_KEYS if k not in items]
+    if missing or len(items["offsets"]) != n_attributes + 1:
+        what = f"missing {', '.join(missing)}" if missing else "offsets"
+        raise AsenError(f"{file}: damaged index file ({what}); {_REBUILD}")
+    return items
 
 
 def query(

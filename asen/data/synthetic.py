@@ -234,6 +234,27 @@ def generate(
     attributes = dict(DEFAULT_ATTRIBUTES if attributes is None else attributes)
     _check(n_train, n_eval, attributes, image_size)
     out = Path(out)
+    if not isinstance(seed, int) or seed < 0:
+        raise AsenError(f"seed must be a non-negative integer, got {seed}")
+    if out.exists() and not out.is_dir():
+        raise AsenError(f"{out}: exists and is not a folder; choose another output folder")
+    try:
+        return _write(
+            out,
+            seed=seed,
+            n_train=n_train,
+            n_eval=n_eval,
+            attributes=attributes,
+            image_size=image_size,
+        )
+    except OSError as e:
+        raise AsenError(f"{e.filename or out}: cannot write ({e.strerror or e})") from None
+
+
+def _write(
+    out: Path, *, seed: int, n_train: int, n_eval: int, attributes: dict[str, int], image_size: int
+) -> dict:
+    """The files of `generate` (arguments already checked)."""
     counts = list(attributes.values())
     rng = np.random.default_rng(seed)
     n_queries = max(1, round(0.2 * n_eval))
