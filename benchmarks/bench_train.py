@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--paper-steps", type=int, default=None, help="timed steps (paper)")
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--loop", action="store_true", help="also time the whole loop")
+    parser.add_argument("--loop-only", action="store_true", help="time the loop alone")
     parser.add_argument("--workers", type=int, default=2, help="loop: DataLoader workers")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -161,11 +162,11 @@ def main() -> None:
         "load_avg_before": os.getloadavg(),
     }
     for size in args.sizes:
-        for stage in (1, 2):
+        for stage in () if args.loop_only else (1, 2):
             result[f"{size}_stage{stage}"] = step_modes(
                 size, stage, steps=steps[size], device=device
             )
-        if args.loop:
+        if args.loop or args.loop_only:
             result[f"{size}_loop"] = loop_vs_step(
                 size, steps=max(steps[size], 3), workers=args.workers, device=device
             )

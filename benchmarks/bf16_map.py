@@ -1,0 +1,123 @@
+"""Does bf16 autocast cost retrieval quality? Trains stage 1 (and with --stage2 also
+stage 2) on two synthetic datasets, once in fp32 and once under bf16 autocast, the same
+number of steps from the same seed, and compares the test mAP of the last checkpoints
+(fp32 evaluation). The issue's bar: within 0.01.
+
+Datasets: the default synthetic one (seed 0, 4 attributes) and
+`asen data synth --seed 1 --attributes 3,6,2,7,4`. Prints one JSON object.
+The full run (default) takes hours on a 2-core CPU; --quick is a short smoke version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from asen.config import load_config
+from asen.data.splits import open_dataset
+from asen.data.synthetic import generate
+from asen.encoders import TorchEncoder
+from asen.evaluate import evaluate
+from asen.train import train
+
+DATASETS = {"synthetic-0": (0, None), "synthetic-1-5attrs": (1, "3,6,2,7,4")}
+PRECISIONS = ("fp32", "bf16")
+
+
+def _dataset(work: Path, name: str, *, n_train: int, n_eval: int) -> Path:
+    seed, counts = DATASETS[name]
+    root = work / f"{name}-{n_train}"
+    if not (root / "dataset.yaml").is_file():
+        attrs = (
+            None
+            if counts is None
+            else {f"attr{i}": int(v) for i, v in enumerate(counts.split(","))}
+        )
+        generate(root, seed=seed, n_train=n_train, n_eval=n_eval, attributes=attrs)
+    return root
+
+
+def _test_map(run: Path, root: Path, workers: int) -> float:
+    encoder = TorchEncoder.from_checkpoint(run / "last.pt", "cpu", batch_size=128)
+    return evaluate(
+        encoder, open_dataset(root), "test", batch_size=128, workers=workers
+    ).overall_map
+
+
+def _train_stage(root: Path, run: Path, *, stage: int, precision: str, args, init: Path | None):
+    sets = [
+        f"train.precision={precision}",
+        f"train.epochs={args.epochs}",
+        f"train.triplets_per_epoch={args.triplets_per_epoch}",
+        f"data.workers={args.workers}",
+    ]
+    cfg = load_config([f"stage{stage}", "small"], sets)
+    t0 = time.monotonic()
+    resume = (run / "last.pt").exists()
+    train(
+        None if resume else cfg, data_root=root, stage=stage, run_dir=run, init=init, resume=resume
+    )
+    return time.monotonic() - t0
+
+
+def compare(work: Path, name: str, args) -> dict:
+    root = _dataset(work, name, n_train=args.n_train, n_eval=args.n_eval)
+    out: dict = {}
+    for precision in PRECISIONS:
+        runs = {
+            s: work / f"{root.name}-{precision}-{args.epochs}x{args.triplets_per_epoch}-s{s}"
+            for s in (1, 2)
+        }
+        took = _train_stage(root, runs[1], stage=1, precision=precision, args=args, init=None)
+        out[precision] = {
+            "stage1_test_map": round(_test_map(runs[1], root, args.workers), 4),
+            "stage1_minutes": round(took / 60, 2),
+        }
+        if args.stage2:
+            took = _train_stage(
+                root, runs[2], stage=2, precision=precision, args=args, init=runs[1] / "last.pt"
+            )
+            out[precision]["stage2_test_map"] = round(_test_map(runs[2], root, args.workers), 4)
+            out[precision]["stage2_minutes"] = round(took / 60, 2)
+    for key in [k for k in out["fp32"] if k.endswith("_test_map")]:
+        diff = out["bf16"][key] - out["fp32"][key]
+        out[f"{key}_bf16_minus_fp32"] = round(diff, 4)
+        out[f"{key}_within_0.01"] = abs(diff) <= 0.01
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", type=Path, default=Path("runs/bf16_map"))
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs a stage (default 10)")
+    parser.add_argument("--triplets-per-epoch", type=int, default=None, help="default 3200")
+    parser.add_argument("--n-train", type=int, default=None, help="training images (4000)")
+    parser.add_argument("--n-eval", type=int, default=None, help="valid and test images (1000)")
+    parser.add_argument("--stage2", action="store_true", help="also compare stage 2")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    quick = {"epochs": 1, "triplets_per_epoch": 480, "n_train": 400, "n_eval": 100}
+    full = {"epochs": 10, "triplets_per_epoch": 3200, "n_train": 4000, "n_eval": 1000}
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    result: dict = {
+        "benchmark": "bf16_map",
+        "steps_a_stage": args.epochs * args.triplets_per_epoch // 16,
+        "threads": torch.get_num_threads(),
+        "load_avg_before": os.getloadavg(),
+    }
+    for name in DATASETS:
+        result[name] = compare(args.work, name, args)
+    result["load_avg_after"] = os.getloadavg()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
