@@ -12,6 +12,8 @@ where there is one and otherwise as a Python-backend model running ONNX Runtime 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import importlib.util
 import json
 import os
@@ -23,10 +25,11 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +39,15 @@ from export.repository import BACKEND_OF, CONFIG, read_config
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
+HANGUP_STOP_S = 2.0  # after SIGHUP: Triton's own shutdown, then the process group is killed
 EXIT_TIMEOUT_S = 10  # tritonserver's own wait for in-flight requests at shutdown
 _FAILED = re.compile(r"failed to load '([^']+)' version \d+: (.*?)\"?$")
+PR_SET_PDEATHSIG = 1
+RUN_PREFIX = "asen-serve-"  # the private run folder of each server `launch` starts
+# Kills the server's process group (tritonserver and its Python-backend stubs, which
+# outlive a killed tritonserver) when its stdin, a pipe only the launcher holds, closes:
+# the launcher exited, however it died.
+WATCHDOG = 'cat >/dev/null; kill -KILL -- "-$1"'
 
 
 @dataclass(frozen=True)
@@ -103,16 +113,64 @@ def _env(server: ServerBinary) -> dict[str, str]:
 
 
 def check_ports(host: str, ports: dict[str, int]) -> None:
-    """Fail before starting anything when a port is taken."""
+    """Fail before starting anything when a port is taken (saying so when a Triton server
+    answers there, with its pid where /proc shows it)."""
     for flag, port in ports.items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError as e:
-                raise AsenError(
-                    f"{flag} {port}: cannot listen on {host}:{port} ({e.strerror})"
-                ) from None
+                problem = f"{flag} {port}: cannot listen on {host}:{port} ({e.strerror})"
+                raise AsenError(problem + _who_listens(host, port)) from None
+
+
+def _who_listens(host: str, port: int) -> str:
+    """'; ... there: stop it with ...' when a Triton server holds the port, else ''. One
+    that `asen serve` started (its model repository is a run folder of ours) is named as
+    such, and stopped with its process group: its Python-backend stubs too."""
+    pid = listener_pid(port)
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid else []
+        pgid = os.getpgid(pid) if pid else 0
+    except OSError:
+        command, pgid = [], 0
+    if command and command[0].endswith(b"tritonserver"):
+        repository = next((a for a in command if a.startswith(b"--model-repository=")), b"")
+        if RUN_PREFIX.encode() in repository and pgid == pid:
+            return (
+                f"; a tritonserver that `asen serve` started (pid {pid}) still listens there: "
+                f"stop it with `kill -- -{pgid}` (it and its Python stubs)"
+            )
+        return f"; a tritonserver (pid {pid}) listens there: stop it with `kill {pid}`"
+    if _answers_triton(host, port):
+        return "; a Triton server answers there: stop it or choose other ports"
+    return ""
+
+
+def _answers_triton(host: str, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/v2/health/live", timeout=1) as r:
+            return r.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def listener_pid(port: int) -> int | None:
+    """The pid of the process listening on TCP `port` here, from /proc (None if unseen)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                    inodes.add(f"socket:[{cols[9]}]")
+    for proc in Path("/proc").iterdir():
+        if inodes and proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                    return int(proc.name)
+    return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -209,11 +267,16 @@ def _load_failures(log: Path) -> list[str]:
 
 
 def _last_error(log: Path) -> str:
+    """Triton's reason for exiting: after its usage text (a bad command line, e.g. one port
+    for HTTP and gRPC) the last line, else the last line that mentions an error."""
     try:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "rror" in ln]
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
-    return lines[-1].strip() if lines else ""
+    if any(ln.startswith("Usage: tritonserver") for ln in lines):
+        return lines[-1]
+    errors = [ln for ln in lines if "rror" in ln]
+    return errors[-1] if errors else ""
 
 
 @dataclass
@@ -230,6 +293,7 @@ class ServerHandle:
     binary: ServerBinary
     choices: list[Choice]
     models: list[str] = field(default_factory=list)  # ready models
+    watchdog: subprocess.Popen | None = None  # kills the group if the launcher dies
 
     @property
     def http_url(self) -> str:
@@ -280,6 +344,9 @@ class ServerHandle:
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM the server, then SIGKILL its whole process group (the Python stubs too)."""
         pgid = self.process.pid
+        if self.watchdog is not None:  # first, so it never signals a reused group id
+            self.watchdog.kill()
+            self.watchdog.wait()
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -314,7 +381,7 @@ def launch(
     )
     log_file = Path(log_file or repo / "tritonserver.log").resolve()
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="asen-serve-"))
+    run_dir = Path(tempfile.mkdtemp(prefix=RUN_PREFIX))
     try:
         view = build_view(repo, choices, run_dir / "models")
         backends = _private_backends(binary, run_dir) if binary.bundled else binary.backends
@@ -331,27 +398,67 @@ def launch(
             f"--metrics-port={metrics_port}",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
         ]
-        with open(log_file, "wb") as log:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_env(binary),
-                start_new_session=True,  # own process group: stopped as one, no stray stubs
-            )
+        process, watchdog = _spawn(command, log_file, _env(binary))
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     handle = ServerHandle(
         process, host, http_port, grpc_port, metrics_port, log_file, run_dir, binary, choices
     )
+    handle.watchdog = watchdog
     try:
         handle.wait_ready(timeout)
     except BaseException:
         handle.stop()
         raise
     return handle
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when the launching thread ends (PR_SET_PDEATHSIG;
+    only from the main thread, whose end is the process's), and exits at once if the
+    launcher is already gone. libc is loaded here, before the fork."""
+    parent = os.getpid()
+    libc = ctypes.util.find_library("c")
+    prctl = ctypes.CDLL(libc, use_errno=True).prctl if libc else None
+    main = threading.current_thread() is threading.main_thread()
+
+    def preexec() -> None:
+        if prctl is not None and main:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def _spawn(
+    command: list[str], log_file: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """tritonserver in its own process group, dying with this process, and its watchdog."""
+    with open(log_file, "wb") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # own process group: stopped as one, no stray stubs
+            preexec_fn=_die_with_parent(),  # noqa: PLW1509 - prctl only, libc loaded before
+        )
+    try:
+        watchdog = subprocess.Popen(
+            ["sh", "-c", WATCHDOG, "asen-serve-watchdog", str(process.pid)],
+            stdin=subprocess.PIPE,  # only this process holds the write end
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # no terminal signals: it outlives a closed terminal
+        )
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    return process, watchdog
 
 
 @contextlib.contextmanager
@@ -365,18 +472,23 @@ def start_server(repo: str | Path, **options) -> Iterator[ServerHandle]:
 
 
 def serve_until_stopped(handle: ServerHandle) -> None:
-    """Block until Ctrl-C or SIGTERM (then stop the server cleanly) or until the server exits
-    on its own (an error naming its log)."""
+    """Block until Ctrl-C, SIGTERM or SIGHUP (a closed terminal; then stop the server
+    cleanly) or until the server exits on its own (an error naming its log)."""
+
+    received = []
 
     def terminate(signum, frame):
+        received.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         code = handle.process.wait()
         raise AsenError(f"tritonserver exited unexpectedly (code {code}; log: {handle.log_file})")
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        handle.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # the terminal is gone: no one waits for in-flight requests, so stop quickly
+        handle.stop(HANGUP_STOP_S if signal.SIGHUP in received else STOP_TIMEOUT_S)

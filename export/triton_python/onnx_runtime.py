@@ -48,7 +48,8 @@ class TritonPythonModel:
             }
             problem = self._check(feed)
             if problem:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(problem))
+                error = pb_utils.TritonError(problem, pb_utils.TritonError.INVALID_ARG)
+                responses[i] = pb_utils.InferenceResponse(error=error)  # the caller's mistake
             else:
                 good.append(i)
                 feeds.append(feed)

@@ -37,6 +37,8 @@ class TritonPythonModel:
             except BadImageError as e:
                 reason = str(e).removeprefix("<bytes>: ")
                 return pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"{self.input}[{i}]: {reason}")
+                    error=pb_utils.TritonError(  # the caller's mistake, not a server fault
+                        f"{self.input}[{i}]: {reason}", pb_utils.TritonError.INVALID_ARG
+                    )
                 )
         return pb_utils.InferenceResponse([pb_utils.Tensor(self.output, np.stack(images))])

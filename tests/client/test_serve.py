@@ -3,24 +3,33 @@ taken port, a model that fails to load, no server at all, and a server that dies
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tritonclient.grpc
+import tritonclient.http
+from PIL import Image
+from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
 import client.server
 from asen import AsenError
+from asen.config import load_config
 from asen.data.splits import open_dataset
 from asen.evaluate import embed_split
 from cli import app
 from client.server import launch, start_server
 from client.triton import TritonEncoder
+from tests.processes import children
 
 runner = CliRunner()
 
@@ -34,12 +43,18 @@ def gone(pgid: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_serve_command_stops_cleanly(repo, tmp_path, ports, sig) -> None:
-    p = ports
-    log = tmp_path / "server.log"
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def start_serve(repo: Path, log: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, str]:
+    """`asen serve` in a subprocess, read up to its 'Ctrl-C to stop' line (or an error)."""
     args = ["--repo", repo, "--log-file", log]
-    for key, value in p.items():
+    for key, value in ports.items():
         args += [f"--{key.replace('_', '-')}", value]
     proc = subprocess.Popen(
         [sys.executable, "-c", "from cli import main; main()", "serve", *map(str, args)],
@@ -53,7 +68,14 @@ def test_serve_command_stops_cleanly(repo, tmp_path, ports, sig) -> None:
         lines.append(line)
         if line.startswith("Ctrl-C to stop") or "error" in line:
             break
-    out = "".join(lines)
+    return proc, "".join(lines)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_command_stops_cleanly(repo, tmp_path, ports, sig) -> None:
+    p = ports
+    log = tmp_path / "server.log"
+    proc, out = start_serve(repo, log, p)
     assert "Ctrl-C to stop" in out, out
     assert f"gRPC 127.0.0.1:{p['grpc_port']}" in out and "ready: asen, asen_onnx" in out
     assert "asen_onnx" in out and ("ONNX Runtime inside" in out or "onnxruntime backend" in out)
@@ -128,3 +150,92 @@ def test_server_dying_mid_run_is_an_error_and_saves_nothing(repo, synth, tmp_pat
         assert result.exit_code == 1 and "is unreachable" in result.output
         assert not out.exists()
     assert gone(handle.process.pid)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP])
+def test_serve_killed_leaves_no_process(repo, tmp_path, ports, sig) -> None:
+    """`asen serve` killed outright, or its terminal closed: within 5 s nothing is left of
+    the server, its Python-backend stubs (which outlive a killed tritonserver) or the
+    watchdog, and the ports are free again."""
+    proc, out = start_serve(repo, tmp_path / "server.log", ports)
+    assert "Ctrl-C to stop" in out, out
+    server = int(out.split("(pid ")[1].split(")")[0])
+    stubs = [int(p.name) for p in children(server)]
+    watchdog = [int(p.name) for p in children(proc.pid) if int(p.name) != server]
+    assert stubs and watchdog, (stubs, watchdog)  # what is checked below exists
+    proc.send_signal(sig)
+    deadline = time.monotonic() + 5.0
+    left = [server, *stubs, *watchdog]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [pid for pid in left if running(pid)]
+    proc.communicate(timeout=30)
+    assert not left, f"still running 5 s after {sig.name}: {left}"
+    client.server.check_ports("127.0.0.1", {f"--{k}": v for k, v in ports.items()})
+
+
+def test_stale_server_of_ours_is_named_with_how_to_stop_it(repo, tmp_path, ports) -> None:
+    with start_server(repo, log_file=tmp_path / "log", **ports) as handle:
+        pid = handle.process.pid
+        with pytest.raises(AsenError) as info:
+            launch(repo, log_file=tmp_path / "second.log", **ports)
+    message = str(info.value)
+    assert f"--http-port {ports['http_port']}: cannot listen" in message
+    assert f"`asen serve` started (pid {pid}) still listens there" in message
+    assert f"`kill -- -{pid}`" in message and "\n" not in message
+
+
+def test_one_port_for_http_and_grpc_shows_tritons_reason(repo, tmp_path, ports) -> None:
+    same = {**ports, "grpc_port": ports["http_port"]}
+    with pytest.raises(AsenError) as info:
+        launch(repo, log_file=tmp_path / "log", **same).stop()
+    message = str(info.value)
+    assert "cannot listen to HTTP requests and GRPC requests at the same address" in message
+    assert "Usage" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_client_mistakes_are_invalid_argument(server, protocol) -> None:
+    """A bad attribute id (encoder and ensemble) or an undecodable image is the caller's
+    mistake: INVALID_ARGUMENT (HTTP 400), not INTERNAL, with the one-line reason."""
+    module = tritonclient.grpc if protocol == "grpc" else tritonclient.http
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    invalid = "StatusCode.INVALID_ARGUMENT" if protocol == "grpc" else "400"
+    size = load_config(["small"]).model.source_size  # the conftest model's S
+
+    def tensor(name: str, array: np.ndarray, dtype: str):
+        t = module.InferInput(name, list(array.shape), dtype)
+        t.set_data_from_numpy(array)
+        return t
+
+    png = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(png, "PNG")
+    requests = {
+        "attribute id 9 out of range": (
+            "asen_onnx",
+            [
+                tensor("image", np.zeros((1, 3, size, size), np.uint8), "UINT8"),
+                tensor("attribute", np.array([[9]], np.int64), "INT64"),
+            ],
+        ),
+        "attribute id 7 out of range": (
+            "asen",
+            [
+                tensor("image_bytes", np.array([[png.getvalue()]], dtype=object), "BYTES"),
+                tensor("attribute", np.array([[7]], np.int64), "INT64"),
+            ],
+        ),
+        "image_bytes[0]: cannot decode image": (
+            "asen",
+            [
+                tensor("image_bytes", np.array([[b"not an image"]], dtype=object), "BYTES"),
+                tensor("attribute", np.array([[0]], np.int64), "INT64"),
+            ],
+        ),
+    }
+    with module.InferenceServerClient(url) as triton:
+        for reason, (model, inputs) in requests.items():
+            with pytest.raises(InferenceServerException) as info:
+                triton.infer(model, inputs)
+            assert str(info.value.status()) == invalid, (model, info.value)
+            assert reason in info.value.message() and "\n" not in info.value.message()
