@@ -89,6 +89,19 @@ def _errors(fn):
     return wrapper
 
 
+def _output_file(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
+    """Option callback: an output file that could not be written at the end of the work is
+    refused before it starts (one line, exit 1)."""
+    from asen.output_paths import check_output_file
+
+    if value is not None:
+        try:
+            check_output_file(value)
+        except AsenError as e:
+            raise typer.BadParameter(str(e)) from None
+    return value
+
+
 def _progress() -> Progress:
     from asen.distributed import is_main
 
@@ -114,7 +127,7 @@ Sets = Annotated[
 ]
 DataRoot = Annotated[Path, typer.Option("--data", help="Dataset root in the split format.")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-Workers = Annotated[int, typer.Option(help="DataLoader workers decoding images.")]
+Workers = Annotated[int, typer.Option(min=0, help="DataLoader workers decoding images.")]
 SkipBad = Annotated[
     bool,
     typer.Option("--skip-bad-images", help="Skip and count undecodable images instead of failing."),
@@ -122,7 +135,8 @@ SkipBad = Annotated[
 DistTimeout = Annotated[
     float,
     typer.Option(
-        help="Under torchrun: seconds a process waits for the others before failing the run."
+        min=1.0,
+        help="Under torchrun: seconds a process waits for the others before failing the run.",
     ),
 ]
 
@@ -131,9 +145,11 @@ DistTimeout = Annotated[
 @_errors
 def data_synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the dataset into.")],
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
-    train: Annotated[int, typer.Option(help="Training images.")] = 4000,
-    eval: Annotated[int, typer.Option("--eval", help="Images in each of valid and test.")] = 1000,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed (same seed, same files).")] = 0,
+    train: Annotated[int, typer.Option(min=10, help="Training images.")] = 4000,
+    eval: Annotated[
+        int, typer.Option("--eval", min=5, help="Images in each of valid and test.")
+    ] = 1000,
     attributes: Annotated[
         str | None,
         typer.Option(
@@ -210,7 +226,9 @@ def train_cmd(
     data: DataRoot,
     config: Configs = None,
     set_: Sets = None,
-    stage: Annotated[int, typer.Option(help="1: global branch; 2: adds the local branch.")] = 1,
+    stage: Annotated[
+        int, typer.Option(min=1, max=2, help="1: global branch; 2: adds the local branch.")
+    ] = 1,
     init: Annotated[
         Path | None, typer.Option(help="Checkpoint to initialise from (stage 1 for stage 2).")
     ] = None,
@@ -233,7 +251,8 @@ def train_cmd(
         typer.Option(help="Training precision (default: train.precision, auto: bf16 if native)."),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="DataLoader workers (default: config data.workers).")
+        int | None,
+        typer.Option(min=0, help="DataLoader workers (default: config data.workers)."),
     ] = None,
     skip_bad_images: SkipBad = False,
     dist_timeout: DistTimeout = 600.0,
@@ -364,7 +383,7 @@ ModelArg = Annotated[
 ]
 Backend = Annotated[BackendName, typer.Option(help="The engine that computes embeddings.")]
 Split = Annotated[str, typer.Option(help="valid or test.")]
-BatchSize = Annotated[int, typer.Option(help="Images per encoder call.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per encoder call.")]
 Url = Annotated[
     str | None,
     typer.Option(help="Triton server HOST:PORT (default 127.0.0.1:8001 gRPC, :8000 HTTP)."),
@@ -480,7 +499,8 @@ def eval_cmd(
     split: Split = "test",
     backend: Backend = BackendName.torch,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the figures as JSON.")
+        Path | None,
+        typer.Option("--json", callback=_output_file, help="Write the figures as JSON."),
     ] = None,
     device: Device = "auto",
     batch_size: BatchSize = 64,
@@ -525,7 +545,7 @@ def eval_cmd(
 def embed_cmd(
     model: ModelArg,
     data: DataRoot,
-    out: Annotated[Path, typer.Option(help="Output .npz file.")],
+    out: Annotated[Path, typer.Option(callback=_output_file, help="Output .npz file.")],
     split: Split = "test",
     backend: Backend = BackendName.torch,
     device: Device = "auto",
@@ -610,9 +630,11 @@ def serve_cmd(
         "triton_models"
     ),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    http_port: Annotated[int, typer.Option(help="HTTP/REST port.")] = 8000,
-    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    http_port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP/REST port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(min=1, max=65535, help="gRPC port.")] = 8001,
+    metrics_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Prometheus metrics port.")
+    ] = 8002,
     log_file: Annotated[
         Path | None, typer.Option(help="Server log (default: tritonserver.log in --repo).")
     ] = None,
@@ -742,7 +764,7 @@ def index_cmd(
             "--ivf", help="Approximate IVF index (nlist ~ sqrt(N)): exact search reads every item."
         ),
     ] = False,
-    nprobe: Annotated[int, typer.Option(help="IVF lists searched per query.")] = 16,
+    nprobe: Annotated[int, typer.Option(min=1, help="IVF lists searched per query.")] = 16,
     include_queries: Annotated[
         bool,
         typer.Option("--include-queries", help="Also index the split's queries (default: not)."),
@@ -809,7 +831,7 @@ def search_cmd(
             "served model name (triton; default asen)."
         ),
     ] = None,
-    top: Annotated[int, typer.Option(help="Number of results.")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="Number of results.")] = 10,
     html: Annotated[
         Path | None,
         typer.Option(
@@ -818,14 +840,15 @@ def search_cmd(
         ),
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the results as JSON.")
+        Path | None,
+        typer.Option("--json", callback=_output_file, help="Write the results as JSON."),
     ] = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(help="Checkpoint for the page's attention map when --backend is not torch."),
     ] = None,
     nprobe: Annotated[
-        int | None, typer.Option(help="IVF lists searched (default: the index's).")
+        int | None, typer.Option(min=1, help="IVF lists searched (default: the index's).")
     ] = None,
     device: Device = "auto",
     url: Url = None,
@@ -879,7 +902,7 @@ def app_cmd(
     protocol: Protocol = None,
     model: Annotated[str, typer.Option(help="Served search model.")] = "asen_search",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the page.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the page.")] = 8080,
     data: Annotated[
         Path | None,
         typer.Option("--data", help="Gallery dataset root (default: the one the model reports)."),
@@ -938,7 +961,7 @@ def _search_page(
 def explain_cmd(
     image: Annotated[Path, typer.Argument(help="Image file.")],
     model: Annotated[Path, typer.Option(help="Checkpoint (e.g. runs/stage2/best.pt).")],
-    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    out: Annotated[Path, typer.Option(callback=_output_file, help="PNG to write.")],
     attr: Annotated[
         str, typer.Option("--attr", help="Attribute name(s), comma-separated, or all.")
     ] = "all",
