@@ -145,13 +145,13 @@ def rounds(servers: dict, repo: Path, args) -> dict:
         "rounds": [round(r, 3) for r in ratios],
     }
     if args.shm:
-        shm_rows = {k: [r["throughput"] for r in v] for k, v in shm.items()}
+        rate = {k: float(np.median([r["throughput"] for r in v])) for k, v in shm.items()}
         report["shared_memory"] = {
-            **{k: round(float(np.median(v)), 1) for k, v in shm_rows.items()},
-            "system_vs_none": round(
-                float(np.median(shm_rows["system"]) / np.median(shm_rows["none"])), 3
-            ),
-            "rounds": shm_rows,
+            "throughput_img_s": {k: round(v, 2) for k, v in rate.items()},
+            "transfer_ms": {k: median_of(v, "transfer_ms") for k, v in shm.items()},
+            "p50_ms": {k: median_of(v, "p50_ms") for k, v in shm.items()},
+            "throughput_system_vs_none": round(rate["system"] / rate["none"], 3),
+            "rounds": {k: [r["throughput"] for r in v] for k, v in shm.items()},
         }
     return report
 

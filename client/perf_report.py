@@ -13,14 +13,16 @@ from asen import AsenError
 from asen.atomic import atomic_write_bytes
 
 _LEVEL = re.compile(r"^Request concurrency: (\d+)", re.M)
+_TRANSFER = ("Client Send", "Network+Server Send/Recv", "Client Recv")
 _COUNT = re.compile(r"^\s+(Inference|Execution) count: (\d+)", re.M)
 
 
 @dataclass
 class Level:
     """One concurrency level: throughput (inferences/s, i.e. images/s), client latency
-    percentiles and the server's mean queue and compute time (ms), and images per model
-    execution (from the server's counts; 0 when not reported)."""
+    percentiles, the server's mean queue and compute time, the mean time moving a request
+    and its response (client send and receive, network and server I/O; all ms), and images
+    per model execution (from the server's counts; 0 when not reported)."""
 
     concurrency: int
     throughput: float
@@ -29,6 +31,7 @@ class Level:
     p99_ms: float
     queue_ms: float
     compute_ms: float
+    transfer_ms: float = 0.0
     batch_per_execution: float = 0.0
 
     def as_dict(self) -> dict:
@@ -70,6 +73,7 @@ def parse_csv(text: str, batches: dict[int, float] | None = None) -> list[Level]
                     p99_ms=float(row["p99 latency"]) * ms,
                     queue_ms=float(row["Server Queue"]) * ms,
                     compute_ms=compute * ms,
+                    transfer_ms=sum(float(row[k]) for k in _TRANSFER) * ms,
                     batch_per_execution=(batches or {}).get(c, 0.0),
                 )
             )
