@@ -49,11 +49,10 @@ def main() -> None:
     cfg = load_config(["stage1", "small"])
     torch.manual_seed(cfg.train.seed)
     model = ASENPP(cfg.model, len(dataset.attributes), 1).eval()
-    info = ModelInfo(
-        dataset.attributes, cfg.model.source_size, model.embedding_dim, cfg.model.beta, 1
-    )
-    encoder = TorchEncoder(model, info, torch.device("cpu"), cfg.train.eval_batch_size)
-    out["random"] = figures(evaluate(encoder, dataset, "test", cfg.train.eval_batch_size))
+    info = ModelInfo.from_config(cfg.model, dataset.attributes, 1)
+    batch = cfg.train.eval_batch_size
+    encoder = TorchEncoder(model, info, torch.device("cpu"), batch_size=batch)
+    out["random"] = figures(evaluate(encoder, dataset, "test", batch_size=batch))
 
     for stage in (1, 2):
         run = args.work / f"stage{stage}-{args.seed}"
