@@ -915,8 +915,11 @@ def app_cmd(
     if max_upload_mb <= 0:
         raise AsenError(f"--max-upload-mb {max_upload_mb}: must be positive")
     settings = Settings(url, model, protocol or "grpc", data, int(max_upload_mb * 2**20))
-    console.print(f"asen app on http://{host}:{port} (Ctrl-C to stop)", highlight=False)
-    run(settings, host=host, port=port)
+
+    def ready(address: str) -> None:
+        console.print(f"asen app on {address} (Ctrl-C to stop)", highlight=False)
+
+    run(settings, host=host, port=port, ready=ready)
 
 
 def _served_search(

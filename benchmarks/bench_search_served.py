@@ -125,6 +125,20 @@ def _timed_searches(search, queries: np.ndarray, variants: list) -> dict:
     return {v: (np.asarray(times[v]) * 1e3, ids[v]) for v in variants}
 
 
+def _concurrent(search, queries: np.ndarray, workers: int) -> dict:
+    """p50/p99 of each query's latency with `workers` queries in flight at all times."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def timed(q):
+        start = time.perf_counter()
+        search(q)
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(workers) as pool:
+        ms = np.asarray(list(pool.map(timed, queries))) * 1e3
+    return _stats(ms)
+
+
 def _recall(found: list, exact: list) -> float:
     return float(np.mean([len(set(f) & set(e)) / TOP for f, e in zip(found, exact, strict=True)]))
 
@@ -172,6 +186,9 @@ def bench_attribute(attribute: int, args) -> dict:
             for p, (ms, ids) in runs.items()
         },
     }
+    out["ivf"]["concurrency_8_default_nprobe"] = _concurrent(
+        lambda q: ivf.search(q, 0, TOP, args.nprobe[0]), np.tile(queries, (4, 1)), 8
+    )
     ivf = None  # free it before building the next
     gc.collect()
     if args.pq:
@@ -212,44 +229,58 @@ def _perf_analyzer() -> str | None:
     return None
 
 
-def _served_repo(root: Path, items: int, attributes: int, nprobe: int) -> tuple[Path, bytes]:
-    """A random `small` model exported to `root/models` and an asen_search over a synthetic
-    IVF gallery in its embedding space. Returns the repository and a query image."""
+def _export_random_model(root: Path, attributes: int) -> Path:
+    """A randomly initialised `small` stage-2 model exported to `root/models`."""
     import torch
 
     from asen.checkpoint import atomic_save, make_checkpoint
     from asen.config import AttributeSpec, load_config
-    from asen.data.synthetic import generate
     from asen.model.asen import ASENPP
-    from asen.search import SearchIndex
     from export.build import export_model
-    from export.search_model import add_search_model, encoder_identity
 
     specs = [AttributeSpec(f"attr{i}", 4) for i in range(attributes)]
     torch.manual_seed(0)
     cfg = load_config(["small"], ["model.threshold=0.8"])
-    model = ASENPP(cfg.model, len(specs), 2)
-    atomic_save(make_checkpoint(model, cfg, specs), root / "model.pt")
-    repo = root / "models"
-    export_model(root / "model.pt", repo, max_batch=16)
-    dim = int(encoder_identity(repo, "asen_onnx")["embedding_dim"])
-    parts = [Gallery(seed=a, dim=dim).draw(items) for a in range(attributes)]
-    split = _split(np.concatenate(parts))
-    split.attributes = np.repeat(np.arange(attributes), items)
-    split.image_ids = np.arange(len(split.attributes), dtype=np.int64)
-    del parts
-    index = SearchIndex.build(split, [s.name for s in specs], ivf=True, nprobe=nprobe)
-    # synthetic vectors stand in for a gallery the encoder embedded: record it as that one's
-    index.manifest["encoder"] = encoder_identity(repo, "asen_onnx")
+    atomic_save(make_checkpoint(ASENPP(cfg.model, len(specs), 2), cfg, specs), root / "model.pt")
+    export_model(root / "model.pt", root / "models", max_batch=16)
+    return root / "models"
+
+
+def _served_repo(root: Path, args) -> tuple[Path, bytes, str]:
+    """A model repository (a copy of --repo, else a random `small` model) with an
+    asen_search over a synthetic IVF gallery in its embedding space. Returns the
+    repository, a query image and an attribute name."""
+    import shutil
+
+    from asen.data.synthetic import generate
+    from asen.search import SearchIndex
+    from export.search_model import SEARCH_MODEL, add_search_model, encoder_identity
+
+    if args.repo:
+        repo = root / "models"
+        shutil.copytree(args.repo, repo, ignore=shutil.ignore_patterns(SEARCH_MODEL, "*.log"))
+    else:
+        repo = _export_random_model(root, args.attributes)
+    identity = encoder_identity(repo, "asen_onnx")
+    names = str(identity["attribute_names"]).split(",")
+    dim, items = int(identity["embedding_dim"]), args.served_items
+    split = _split(
+        np.concatenate([Gallery(seed=a, dim=dim).draw(items) for a in range(len(names))])
+    )
+    split.attributes = np.repeat(np.arange(len(names)), items)
+    index = SearchIndex.build(split, names, ivf=True, nprobe=args.nprobe[0])
+    # synthetic vectors stand in for a gallery this encoder embedded: recorded as its own
+    index.manifest["encoder"] = identity
     add_search_model(repo, index, "asen_onnx")
-    generate(root / "synth", seed=0, n_train=1, n_eval=2)
+    generate(root / "synth", seed=0, n_train=10, n_eval=10)
     image = sorted((root / "synth" / "images" / "test").iterdir())[0].read_bytes()
-    return repo, image
+    return repo, image, names[0]
 
 
 def bench_served(args, root: Path) -> dict:
     """asen_search end to end under perf_analyzer (gRPC), concurrency 1 and 8."""
     import base64
+    import struct
     import subprocess
 
     from client.server import free_port, start_server
@@ -258,13 +289,15 @@ def bench_served(args, root: Path) -> dict:
     if binary is None:
         return {"skipped": "perf_analyzer not found (bash scripts/install_perf_analyzer.sh)"}
     start = time.perf_counter()
-    repo, image = _served_repo(root, args.served_items, args.attributes, args.nprobe[0])
+    repo, image, attribute = _served_repo(root, args)
     build_s = time.perf_counter() - start
+    blob = struct.pack("<I", len(image)) + image
     data = {
         "data": [
             {
-                "image_bytes": {"b64": base64.b64encode(image).decode(), "shape": [1]},
-                "attribute": ["attr0"],
+                # BYTES in b64 are Triton's serialised form: a 4-byte length, then the bytes
+                "image_bytes": {"b64": base64.b64encode(blob).decode(), "shape": [1]},
+                "attribute": [attribute],
                 "k": [TOP],
                 "nprobe": [args.nprobe[0]],
             }
@@ -291,6 +324,8 @@ def bench_served(args, root: Path) -> dict:
                     f"{concurrency}:{concurrency}",
                     "--measurement-interval",
                     str(args.measurement_ms),
+                    "--stability-percentage",
+                    str(args.stability),
                     "--percentile",
                     "99",
                     "-f",
@@ -330,7 +365,11 @@ def main() -> None:
         "--served", action="store_true", help="also asen_search under perf_analyzer"
     )
     parser.add_argument("--served-items", type=int, default=None, help="default: --items")
+    parser.add_argument("--repo", type=Path, help="served: this exported model (default: random)")
     parser.add_argument("--measurement-ms", type=int, default=5000)
+    parser.add_argument(
+        "--stability", type=int, default=10, help="perf_analyzer --stability-percentage"
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     args.served_items = args.served_items or args.items

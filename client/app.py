@@ -27,7 +27,7 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
 from asen import AsenError
-from client.search import ServedSearch
+from client.search import BadQueryError, ServedSearch
 
 MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_GRID = 100  # the page shows at most this many results
@@ -276,8 +276,10 @@ class SearchPage:
             blob, name = await self._query(form)
             preview = _preview(blob)
             hits = await run_in_threadpool(self.served.search, blob, attribute, k, nprobe)
-        except (BadRequest, AsenError) as e:
+        except (BadRequest, BadQueryError) as e:
             return self.render(400, error=str(e), **{n: v for n, v in shown.items() if v})
+        except AsenError as e:  # the server is unreachable or failed: not the user's mistake
+            return self.render(502, error=str(e), **{n: v for n, v in shown.items() if v})
         return self.render(hits=hits, query_src=preview, query_name=name, **shown)
 
 
@@ -303,11 +305,15 @@ def create_app(settings: Settings) -> Starlette:
     return app
 
 
-def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve the page with uvicorn until Ctrl-C."""
+def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, ready=None) -> None:
+    """Serve the page with uvicorn until Ctrl-C. The port is checked and Triton reached
+    first (each a one-line error); `ready(url)` is called before serving."""
     import uvicorn
 
     from client.server import check_ports
 
     check_ports(host, {"--port": port})
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    app = create_app(settings)
+    if ready is not None:
+        ready(f"http://{host}:{port}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -17,6 +17,10 @@ DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 OUTPUTS = ("ids", "scores", "values", "keys", "is_query")
 
 
+class BadQueryError(AsenError):
+    """The served model refused the query (INVALID_ARGUMENT): the caller's mistake."""
+
+
 class ServedSearch:
     """A client of `asen_search` over gRPC (default) or HTTP."""
 
@@ -99,7 +103,10 @@ class ServedSearch:
             timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
             result = self._client.infer(self.model, inputs, outputs=outputs, **timeout)
         except InferenceServerException as e:
-            raise AsenError(f"{self.model}: {e.message() or e}") from None
+            invalid = str(e.status()) in ("StatusCode.INVALID_ARGUMENT", "400")
+            raise (BadQueryError if invalid else AsenError)(
+                f"{self.model}: {e.message() or e}"
+            ) from None
         ids, scores, values, keys, is_query = (result.as_numpy(n)[0] for n in OUTPUTS)
         return [
             Hit(

@@ -140,6 +140,19 @@ def test_gallery_image_is_served(client, world) -> None:
     assert response.status_code == 200 and response.content == _image(world).read_bytes()
 
 
+def test_cli_errors_are_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["app", "--url", f"127.0.0.1:{free_port()}"])
+    assert result.exit_code == 1 and "unreachable" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(app, ["app", "--max-upload-mb", "0"])
+    assert result.exit_code == 1 and "--max-upload-mb 0.0: must be positive" in result.output
+
+
 def _serve(app, port: int):
     import uvicorn
 
