@@ -1,15 +1,16 @@
 """Benchmark served search at gallery scale: per attribute, ITEMS l2-normalised 256-d vectors
 with embedding-like statistics, indexed the way `asen index` does (exact flat, IVF with
-nlist ~ sqrt(N)) and as IVF-PQ (the memory-saving variant), then searched one query at a
-time for the top 10 with nprobe per request.
+nlist ~ sqrt(N)) and with compressed vectors (IVF-SQ8, IVF-PQ: the memory-saving
+variants), then searched one query at a time for the top 10 with nprobe per request.
 
 Reports per index kind: build time, index memory (bytes held by FAISS, and the process's
 peak RSS), recall@10 against exact search and p50/p99 latency of the index part
 (`SearchIndex.search`, what `asen_search` runs after the encoder), nprobe values
-interleaved query by query. With --served it also builds a model repository (a random
-`small` model) whose `asen_search` holds an IVF gallery of --served-items per attribute, serves
-it with tritonserver and measures `asen_search` end to end (image bytes in, top 10 out:
-decoding, the encoder through BLS, the index) with perf_analyzer at concurrency 1 and 8.
+interleaved query by query, and IVF at 8 queries in flight. With --served it also builds a
+model repository (--repo's encoder, else a random `small` model) whose `asen_search` holds
+an IVF gallery of --served-items per attribute, serves it with tritonserver and measures
+`asen_search` end to end (image bytes in, top 10 out: decoding, the encoder through BLS,
+the index) with perf_analyzer at concurrency 1 and 8.
 
 Gallery statistics: CLUSTERS centres drawn at random on the sphere, cluster sizes Zipf-like
 (a few large, many small), items at cosine ~0.7 from their centre with per-cluster spread;
@@ -94,19 +95,48 @@ def _faiss_bytes(index) -> int:
     return ivf.ntotal * (ivf.code_size + 8) + ivf.nlist * ivf.d * 4
 
 
-def _ivfpq(emb: np.ndarray, m: int, nlist: int):
-    """IVF-PQ: m sub-quantisers of 8 bits (m bytes a vector), same nlist as IVF."""
+def _compressed(emb: np.ndarray, kind: str, nlist: int):
+    """IVF with compressed vectors, same nlist as IVF: `pq<m>` (m sub-quantisers of 8 bits,
+    m bytes a vector) or `sq8` (8-bit scalar quantiser, one byte a dimension)."""
     import faiss
 
     from asen.search import KMEANS_ITERATIONS
 
-    index = faiss.IndexIVFPQ(
-        faiss.IndexFlatIP(emb.shape[1]), emb.shape[1], nlist, m, 8, faiss.METRIC_INNER_PRODUCT
-    )
+    d, quantizer = emb.shape[1], faiss.IndexFlatIP(emb.shape[1])
+    if kind == "sq8":
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+    else:
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, int(kind[2:]), 8, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = KMEANS_ITERATIONS
     index.train(emb[: 256 * nlist])
     index.add(emb)
     return index
+
+
+def bench_compressed(emb, queries, truth, kind: str, nlist: int, nprobes: list[int]) -> dict:
+    """Build time, bytes, recall@10 and latency of one compressed IVF variant."""
+    import faiss
+
+    start = time.perf_counter()
+    index = _compressed(emb, kind, nlist)
+    build_s = time.perf_counter() - start
+
+    def search(q, p):
+        _, found = index.search(q[None], TOP, params=faiss.SearchParametersIVF(nprobe=p))
+        return found[0].tolist()
+
+    runs = _timed_searches(search, queries, nprobes)
+    return {
+        "nlist": nlist,
+        "build_s": round(build_s, 2),
+        "index_bytes": _faiss_bytes(index),
+        "by_nprobe": {
+            str(p): {"recall_at_10": round(_recall(ids, truth), 4), **_stats(ms)}
+            for p, (ms, ids) in runs.items()
+        },
+    }
 
 
 def _timed_searches(search, queries: np.ndarray, variants: list) -> dict:
@@ -151,7 +181,7 @@ def _stats(ms: np.ndarray) -> dict:
 
 
 def bench_attribute(attribute: int, args) -> dict:
-    """Build flat, IVF and IVF-PQ over one attribute's gallery; recall and latency."""
+    """Build flat, IVF and compressed IVF over one attribute's gallery; recall, latency."""
     import faiss
 
     from asen.search import SearchIndex
@@ -191,25 +221,9 @@ def bench_attribute(attribute: int, args) -> dict:
     )
     ivf = None  # free it before building the next
     gc.collect()
-    if args.pq:
-        start = time.perf_counter()
-        pq = _ivfpq(emb, args.pq, nlist)
-        build_s = time.perf_counter() - start
-
-        def search(q, p):
-            _, found = pq.search(q[None], TOP, params=faiss.SearchParametersIVF(nprobe=p))
-            return found[0].tolist()
-
-        runs = _timed_searches(search, queries, args.nprobe)
-        out[f"ivfpq{args.pq}"] = {
-            "nlist": nlist,
-            "build_s": round(build_s, 2),
-            "index_bytes": _faiss_bytes(pq),
-            "by_nprobe": {
-                str(p): {"recall_at_10": round(_recall(ids, truth.tolist()), 4), **_stats(ms)}
-                for p, (ms, ids) in runs.items()
-            },
-        }
+    for kind in args.compressed:
+        out[f"ivf{kind}"] = bench_compressed(emb, queries, truth.tolist(), kind, nlist, args.nprobe)
+        gc.collect()
     return out
 
 
@@ -360,7 +374,12 @@ def main() -> None:
         default=[16, 8, 32, 64],
         help="first: the index default",
     )
-    parser.add_argument("--pq", type=int, default=32, help="IVF-PQ bytes a vector (0: skip)")
+    parser.add_argument(
+        "--compressed",
+        type=lambda s: [v for v in s.split(",") if v],
+        default=["sq8", "pq32"],
+        help="compressed IVF variants: sq8, pq<m> (m bytes a vector); '' for none",
+    )
     parser.add_argument(
         "--served", action="store_true", help="also asen_search under perf_analyzer"
     )
