@@ -1,7 +1,10 @@
 """Where artifacts live in the model repository, and the JSON sidecar beside each one.
 
-`<repo>/<name>_onnx/1/model.onnx` and `<repo>/<name>_trt/1/model.plan`, each with a
-`model.json` sidecar (the asen metadata, flat strings) in its version folder.
+`<repo>/<name>_onnx/1/model.onnx` and `<repo>/<name>_trt/1/model.plan` (fp32), each with a
+`model.json` sidecar (the asen metadata, flat strings) in its version folder. Reduced
+precisions add a suffix: `<name>_onnx_fp16`, `<name>_onnx_int8` (the ONNX Runtime CPU graph),
+`<name>_onnx_int8_trt` (the TensorRT graph), `<name>_trt_fp16`, `<name>_trt_int8`; their
+ensembles are `<name>_fp16` and `<name>_int8` (`<name>` runs the first precision exported).
 """
 
 from __future__ import annotations
@@ -11,11 +14,44 @@ import re
 from pathlib import Path
 
 from asen import AsenError
+from asen.atomic import atomic_write_text
 
 VERSION = "1"
 SIDECAR = "model.json"
 ARTIFACTS = {"onnx": ("_onnx", "model.onnx"), "trt": ("_trt", "model.plan")}  # kind: suffix, file
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+PRECISIONS = ("fp32", "fp16", "int8")
+_TAIL = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
+
+
+def onnx_model(name: str, precision: str = "fp32", *, tensorrt: bool = False) -> str:
+    """`<name>_onnx`, `<name>_onnx_fp16`, `<name>_onnx_int8`; `<name>_onnx_int8_trt` is the
+    INT8 graph for TensorRT (`tensorrt=True`)."""
+    return f"{name}_onnx{_TAIL[precision]}" + ("_trt" if tensorrt else "")
+
+
+def plan_model(name: str, precision: str = "fp32") -> str:
+    """`<name>_trt`, `<name>_trt_fp16`, `<name>_trt_int8`."""
+    return f"{name}_trt{_TAIL[precision]}"
+
+
+def ensemble_model(name: str, precision: str, *, first: bool) -> str:
+    """`<name>` for the first precision of an export, else `<name>_fp16` / `<name>_int8`."""
+    return name if first else f"{name}{_TAIL[precision] or '_fp32'}"
+
+
+def in_model(repo: Path, model: str, kind: str = "onnx") -> Path:
+    """The artifact (`model.onnx` or `model.plan`) of the model folder `model`, version 1."""
+    return Path(repo) / model / VERSION / ARTIFACTS[kind][1]
+
+
+def owned_models(name: str) -> list[str]:
+    """Every model folder an export of `name` may write: the set it replaces as a whole."""
+    names = {name, f"{name}_preprocess", onnx_model(name, "int8", tensorrt=True)}
+    for p in PRECISIONS:
+        names |= {onnx_model(name, p), plan_model(name, p)}
+        names |= {ensemble_model(name, p, first=False)}
+    return sorted(names)
 
 
 def check_name(name: str) -> None:
@@ -37,7 +73,7 @@ def artifact_path(repo: Path, name: str, kind: str) -> Path:
 def write_sidecar(artifact: Path, meta: dict[str, str]) -> Path:
     """Write `model.json` beside `artifact` (in the staging folder); returns its path."""
     path = artifact.parent / SIDECAR
-    path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -1,21 +1,25 @@
 """The Triton model repository around an export: `config.pbtxt` files built with the official
 `ModelConfig` protobuf (never text templates), and the Python-backend model sources.
 
-For a model exported as `<name>`:
-- `<name>_onnx`: `model.onnx` on the ONNX Runtime backend. `configs/python.pbtxt` serves the
-  same file through a Python-backend model that runs ONNX Runtime (`1/model.py`), for servers
-  without that backend (the one in the `nvidia-pytriton` wheel);
-- `<name>_trt`: `model.plan` on the TensorRT backend, when a plan was built;
+For a model exported as `<name>` (model names: `export.layout`):
+- `<name>_onnx`, `<name>_onnx_fp16`, `<name>_onnx_int8`: each precision's `model.onnx` on the
+  ONNX Runtime backend (CPU instances; for INT8 the graph with unsigned 8-bit activations).
+  `configs/python.pbtxt` serves the same file through a Python-backend model that runs ONNX
+  Runtime (`1/model.py`), for servers without that backend (the one in `nvidia-pytriton`);
+- `<name>_onnx_int8_trt`: the INT8 graph for TensorRT (signed symmetric activations), on the
+  GPU where the server has one (instance kind AUTO) and the source of `<name>_trt_int8`;
+- `<name>_trt`, `<name>_trt_fp16`, `<name>_trt_int8`: `model.plan` on the TensorRT backend,
+  when plans were built (`--trt`);
 - `<name>_preprocess`: encoded image bytes -> uint8 [3,S,S] with `asen.data.images.load_image`;
-- `<name>`: the ensemble (image bytes, attribute) -> embedding. It runs `<name>_trt` when a
-  plan exists; `configs/python.pbtxt` runs `<name>_onnx` instead.
+- `<name>` (the first exported precision), `<name>_fp16`, `<name>_int8`: ensembles (image
+  bytes, attribute) -> embedding. Each runs its precision's plan when one exists;
+  `configs/python.pbtxt` runs its ONNX graph instead.
 
 Input and output names, types and dims are read from the ONNX graph itself.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +30,8 @@ from google.protobuf.text_format import ParseError
 from tritonclient.grpc import model_config_pb2 as mc
 
 from asen import AsenError
-from asen.encoders import ModelInfo
+from asen.atomic import atomic_write_bytes, atomic_write_text
+from asen.model.shape import ModelInfo
 from export import layout
 
 CONFIG = "config.pbtxt"
@@ -165,8 +170,7 @@ def ensemble_config(
 
 
 def write_config(path: Path, config: mc.ModelConfig) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text_format.MessageToString(config))
+    atomic_write_text(path, text_format.MessageToString(config))
     return path
 
 
@@ -180,53 +184,107 @@ def read_config(path: Path) -> mc.ModelConfig:
 
 def _install_source(source: str, model_dir: Path) -> Path:
     target = model_dir / layout.VERSION / "model.py"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SOURCES / source, target)
+    atomic_write_bytes(target, (SOURCES / source).read_bytes())
     return target
 
 
-def write_repository(repo: str | Path, name: str = "asen", trt: bool = False) -> list[Path]:
-    """Write the configs (and Python model files) around `<repo>/<name>_onnx/1/model.onnx` and,
-    with `trt`, `<repo>/<name>_trt/1/model.plan`. Returns the files written."""
+@dataclass(frozen=True)
+class _Graph:
+    """An exported graph as the configs need it: tensors, parameters, largest batch."""
+
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    params: dict[str, str]
+    max_batch: int
+
+    @classmethod
+    def read(cls, artifact: Path, graph: Path | None = None) -> _Graph:
+        """The artifact's sidecar and the tensors of `graph` (default: the artifact itself;
+        a plan's are those of the ONNX graph it was built from)."""
+        meta = layout.read_sidecar(artifact)
+        info = ModelInfo.from_metadata(meta, str(artifact))
+        max_batch = int(meta["max_batch"])
+        params = info.to_metadata(max_batch)
+        params["precision"] = meta.get("precision", "fp32")
+        onnx_path = graph or artifact
+        inputs, outputs = graph_tensors(onnx_path)
+        if not any(t.name == IMAGE for t in inputs):
+            raise AsenError(f"{onnx_path}: the graph has no `{IMAGE}` input")
+        return cls(inputs, outputs, params, max_batch)
+
+
+def _encoder_files(repo: Path, model: str, kind: int) -> list[Path]:
+    """`<model>/config.pbtxt` (ONNX Runtime backend), `configs/python.pbtxt` (ONNX Runtime in
+    a Python model) and its `model.py`, around `<model>/1/model.onnx`."""
+    graph = _Graph.read(layout.in_model(repo, model))
+    args = (graph.inputs, graph.outputs, graph.params, graph.max_batch)
+    native = encoder_config(model, "onnxruntime", *args)
+    python = encoder_config(model, "python", *args)
+    for config in (native, python):
+        config.instance_group[0].kind = kind
+    return [
+        write_config(repo / model / CONFIG, native),
+        write_config(repo / model / f"configs/{VARIANT}.pbtxt", python),
+        _install_source("onnx_runtime.py", repo / model),
+    ]
+
+
+def _ensemble_files(repo: Path, ensemble: str, pre: str, onnx_model: str, plan_model: str | None):
+    """The ensemble `ensemble`: image bytes -> `pre` -> the plan (when built; the ONNX graph
+    in `configs/python.pbtxt`) or the ONNX graph."""
+    (repo / ensemble / layout.VERSION).mkdir(parents=True, exist_ok=True)  # ensembles need one
+    graph = _Graph.read(layout.in_model(repo, onnx_model))
+    args = (graph.inputs, graph.outputs, graph.params, graph.max_batch)
+    onnx_ensemble = ensemble_config(ensemble, pre, onnx_model, *args)
+    if plan_model is None:
+        return [write_config(repo / ensemble / CONFIG, onnx_ensemble)]
+    plan = _Graph.read(layout.in_model(repo, plan_model, "trt"), layout.in_model(repo, onnx_model))
+    batch = min(graph.max_batch, plan.max_batch)
+    params = {**graph.params, "max_batch": str(batch)}
+    trt = ensemble_config(ensemble, pre, plan_model, graph.inputs, graph.outputs, params, batch)
+    plan_config = encoder_config(
+        plan_model, "tensorrt", plan.inputs, plan.outputs, plan.params, plan.max_batch
+    )
+    return [
+        write_config(repo / plan_model / CONFIG, plan_config),
+        write_config(repo / ensemble / CONFIG, trt),
+        write_config(repo / ensemble / f"configs/{VARIANT}.pbtxt", onnx_ensemble),
+    ]
+
+
+def exported_precisions(repo: Path, name: str) -> list[str]:
+    """The precisions whose ONNX graph `<repo>` holds for model `name`, in canonical order."""
+    return [
+        p for p in layout.PRECISIONS if layout.in_model(repo, layout.onnx_model(name, p)).is_file()
+    ]
+
+
+def write_repository(
+    repo: str | Path, name: str = "asen", trt: bool = False, *, precisions: list[str] | None = None
+) -> list[Path]:
+    """Write the configs (and Python model files) around the exported graphs of `name` in
+    `repo`: per precision its ONNX model(s) and, with `trt`, its plan model, then an ensemble
+    (`<name>` for the first precision, `<name>_fp16` / `<name>_int8` for the others), and the
+    shared preprocessing model. Returns the files written."""
     repo = Path(repo)
-    onnx_path = layout.artifact_path(repo, name, "onnx")
-    meta = layout.read_sidecar(onnx_path)
-    info = ModelInfo.from_metadata(meta, str(onnx_path))
-    max_batch = int(meta["max_batch"])
-    params = info.to_metadata(max_batch)
-    inputs, outputs = graph_tensors(onnx_path)
-    image = next((t for t in inputs if t.name == IMAGE), None)
-    if image is None:
-        raise AsenError(f"{onnx_path}: the graph has no `{IMAGE}` input")
-    onnx_dir, trt_dir = layout.model_dir(repo, name, "onnx"), layout.model_dir(repo, name, "trt")
-    pre, variant = f"{name}_preprocess", f"configs/{VARIANT}.pbtxt"
-    native = encoder_config(onnx_dir.name, "onnxruntime", inputs, outputs, params, max_batch)
-    python = encoder_config(onnx_dir.name, "python", inputs, outputs, params, max_batch)
+    precisions = precisions or exported_precisions(repo, name)
+    if not precisions:
+        path = layout.artifact_path(repo, name, "onnx")
+        raise AsenError(f"{path}: no exported graph of model {name} in {repo}")
+    first = _Graph.read(layout.in_model(repo, layout.onnx_model(name, precisions[0])))
+    image = next(t for t in first.inputs if t.name == IMAGE)
+    pre = f"{name}_preprocess"
     written = [
-        write_config(onnx_dir / CONFIG, native),
-        write_config(onnx_dir / variant, python),
-        _install_source("onnx_runtime.py", onnx_dir),
-        write_config(repo / pre / CONFIG, preprocess_config(pre, image, max_batch)),
+        write_config(repo / pre / CONFIG, preprocess_config(pre, image, first.max_batch)),
         _install_source("preprocess.py", repo / pre),
     ]
-    (repo / name / layout.VERSION).mkdir(parents=True, exist_ok=True)  # ensembles need one
-    onnx_ensemble = ensemble_config(name, pre, onnx_dir.name, inputs, outputs, params, max_batch)
-    if trt:
-        plan_meta = layout.read_sidecar(layout.artifact_path(repo, name, "trt"))
-        trt_batch = int(plan_meta.get("max_batch", max_batch))
-        trt_params = {**params, "max_batch": str(trt_batch)}
-        if "precision" in plan_meta:
-            trt_params["precision"] = plan_meta["precision"]
-        plan = encoder_config(trt_dir.name, "tensorrt", inputs, outputs, trt_params, trt_batch)
-        written.append(write_config(trt_dir / CONFIG, plan))
-        batch = min(max_batch, trt_batch)
-        batch_params = {**params, "max_batch": str(batch)}
-        trt_ensemble = ensemble_config(
-            name, pre, trt_dir.name, inputs, outputs, batch_params, batch
-        )
-        written.append(write_config(repo / name / CONFIG, trt_ensemble))
-        written.append(write_config(repo / name / variant, onnx_ensemble))
-    else:
-        (repo / name / variant).unlink(missing_ok=True)
-        written.append(write_config(repo / name / CONFIG, onnx_ensemble))
+    cpu, auto = mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_AUTO
+    for precision in precisions:
+        onnx_model = layout.onnx_model(name, precision)
+        written += _encoder_files(repo, onnx_model, cpu)
+        if precision == "int8":  # TensorRT's graph: ONNX Runtime on the GPU where there is one
+            written += _encoder_files(repo, layout.onnx_model(name, precision, tensorrt=True), auto)
+        plan = layout.plan_model(name, precision) if trt else None
+        ensemble = layout.ensemble_model(name, precision, first=precision == precisions[0])
+        written += _ensemble_files(repo, ensemble, pre, onnx_model, plan)
     return written

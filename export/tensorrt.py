@@ -1,24 +1,31 @@
-"""TensorRT 10 engines built from the exported ONNX graph.
+"""TensorRT engines built from the exported ONNX graphs, strongly typed, on TensorRT 10 and 11.
+
+The precision of every tensor is the one the ONNX graph says (fp32, mixed fp16, or int8 Q/DQ
+nodes: `export.precision`); no builder flag asks for a precision. TensorRT 10 builds a
+strongly typed network when asked to with the STRONGLY_TYPED creation flag; in TensorRT 11
+every network is strongly typed (the flag is deprecated and ignored). `tensorrt_major` is the
+one place that tells the two apart, and `network_flags` the one difference in the build.
 
 TensorRT is optional and imported lazily: everything here that does not build or run an
-engine (profile shapes, sidecar, compatibility checks, the missing-dependency message)
-works without it.
+engine (version detection, network flags, profile shapes, sidecar, compatibility checks, the
+missing-dependency message) works without it.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
 from asen import AsenError
-from asen.encoders import ModelInfo
+from asen.atomic import atomic_write_bytes
+from asen.model.shape import ModelInfo
 
 WORKSPACE_BYTES = 4 << 30  # builder scratch memory limit
 OPT_BATCH = 32  # the batch tactics are tuned for (the throughput benchmark's batch)
+SUPPORTED_MAJORS = (10, 11)
 INSTALL_HINT = (
     "install the tensorrt-cu13 pip package on a CUDA 13 machine, or run inside "
     "NVIDIA's TensorRT or Triton container"
@@ -37,9 +44,32 @@ def require_tensorrt() -> ModuleType:
         missing.append("no CUDA GPU is visible")
     if missing:
         raise AsenError(
-            f"TensorRT needs TensorRT 10 and a CUDA GPU: {' and '.join(missing)} ({INSTALL_HINT})"
+            f"TensorRT needs TensorRT 10 or 11 and a CUDA GPU: {' and '.join(missing)} "
+            f"({INSTALL_HINT})"
         )
+    tensorrt_major(trt)
     return trt
+
+
+def tensorrt_major(trt: ModuleType) -> int:
+    """The TensorRT major version (10 or 11); any other is one clear error."""
+    version = str(getattr(trt, "__version__", "unknown"))
+    head = version.split(".")[0]
+    major = int(head) if head.isdigit() else -1
+    if major not in SUPPORTED_MAJORS:
+        raise AsenError(
+            f"TensorRT {version} is not supported: asen builds strongly typed engines with "
+            f"TensorRT 10 or 11 ({INSTALL_HINT})"
+        )
+    return major
+
+
+def network_flags(trt: ModuleType) -> int:
+    """`create_network` flags for a strongly typed network: the STRONGLY_TYPED bit on 10.x;
+    none on 11.x, where every network is strongly typed and the flag is deprecated."""
+    if tensorrt_major(trt) == 10:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0
 
 
 def profile_shapes(max_batch: int, source_size: int) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -96,37 +126,24 @@ def timing_cache_path(tensorrt_version: str, device: dict[str, str]) -> Path:
     return root / f"tensorrt-{tensorrt_version}-sm{sm}.timing-cache"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_engine(
-    onnx_path: Path, plan_path: Path, info: ModelInfo, max_batch: int, fp16: bool
+    onnx_path: Path, plan_path: Path, info: ModelInfo, max_batch: int, precision: str
 ) -> dict[str, str]:
-    """Parse the ONNX graph, build a serialized engine into `plan_path`; returns its sidecar."""
+    """Parse the ONNX graph of `precision` (what it holds decides every tensor's type), build
+    a strongly typed serialized engine into `plan_path`; returns its sidecar."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise AsenError(f"{onnx_path}: TensorRT cannot parse the graph ({errors})")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    else:
-        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: parity with PyTorch on CPU
+    # fp32 tensors stay fp32 (TF32 is a math mode of fp32 layers, not a precision flag)
+    config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in profile_shapes(max_batch, info.source_size).items():
         profile.set_shape(name, low, opt, high)
@@ -140,9 +157,10 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise AsenError(f"{onnx_path}: TensorRT failed to build an engine (see its log above)")
-    plan_path.write_bytes(bytes(serialized))
-    _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
-    return plan_metadata(info, max_batch, "fp16" if fp16 else "fp32", trt.__version__, device)
+    atomic_write_bytes(plan_path, bytes(serialized))
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    meta = plan_metadata(info, max_batch, precision, trt.__version__, device)
+    return {**meta, "strongly_typed": "true", "source_graph": onnx_path.parent.parent.name}
 
 
 def load_engine(plan_path: Path, meta: dict[str, str]):

@@ -1,32 +1,59 @@
-"""Parity of an exported artifact against PyTorch, on probe images times every attribute."""
+"""Verification of an exported graph against PyTorch fp32, as Polygraphy reports it: on the
+rows of a dataset's evaluation split (real images, every attribute) or, without a dataset,
+on probe images times every attribute; max / mean / p99 absolute difference, min / mean
+cosine per row and, with a dataset, the overall mAP of the split against PyTorch's."""
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from asen import AsenError
 from asen.data.images import load_image
+from asen.data.splits import SplitDataset
 from asen.data.synthetic import DEFAULT_ATTRIBUTES, render
-from asen.encoders import Encoder, ModelInfo
+from asen.encoders import Encoder
+from asen.evaluate import EmbeddedSplit, embed_split, score
+from asen.model.shape import ModelInfo
 
 
 @dataclass(frozen=True)
 class Tolerance:
     min_cosine: float
     max_abs_diff: float | None = None  # None: cosine only (reduced precision)
+    max_map_drop: float | None = None  # None: no mAP bound (or no dataset)
 
     def __str__(self) -> str:
-        bound = (
-            f" and max abs diff <= {self.max_abs_diff:g}" if self.max_abs_diff is not None else ""
-        )
-        return f"cosine >= {self.min_cosine:g} on every row{bound}"
+        parts = [f"cosine >= {self.min_cosine:g} on every row"]
+        if self.max_abs_diff is not None:
+            parts.append(f"max abs diff <= {self.max_abs_diff:g}")
+        if self.max_map_drop is not None:
+            parts.append(f"mAP drop <= {self.max_map_drop:g}")
+        return " and ".join(parts)
 
 
-ONNX_TOLERANCE = Tolerance(0.9999, 1e-4)
-TRT_TOLERANCE = {"fp32": Tolerance(0.9999, 1e-3), "fp16": Tolerance(0.999)}
+ONNX_TOLERANCE = Tolerance(0.9999, 1e-4, 0.001)  # the fp32 graph in ONNX Runtime
+TRT_TOLERANCE = {"fp32": Tolerance(0.9999, 1e-3), "fp16": Tolerance(0.999), "int8": Tolerance(0.99)}
+PRECISION_TOLERANCE = {  # the reduced-precision graphs; `asen export` options override them
+    "fp16": Tolerance(0.999, None, 0.005),
+    "int8": Tolerance(0.99, None, 0.01),
+}
+
+
+def tolerance_for(
+    precision: str, *, max_map_drop: float | None = None, min_cosine: float | None = None
+) -> Tolerance:
+    """The tolerance of a precision's graph, with the user's overrides (reduced precisions)."""
+    if precision == "fp32":
+        return ONNX_TOLERANCE
+    tol = PRECISION_TOLERANCE[precision]
+    if max_map_drop is not None:
+        tol = replace(tol, max_map_drop=max_map_drop)
+    if min_cosine is not None:
+        tol = replace(tol, min_cosine=min_cosine)
+    return tol
 
 
 @dataclass
@@ -34,16 +61,51 @@ class Parity:
     rows: int
     max_abs_diff: float
     min_cosine: float
+    mean_abs_diff: float = 0.0
+    p99_abs_diff: float = 0.0
+    mean_cosine: float = 1.0
+    map_reference: float | None = None  # PyTorch fp32's overall mAP on the dataset split
+    map_candidate: float | None = None
+
+    @property
+    def map_drop(self) -> float | None:
+        if self.map_reference is None or self.map_candidate is None:
+            return None
+        return self.map_reference - self.map_candidate
 
     def within(self, tol: Tolerance) -> bool:
         ok = self.min_cosine >= tol.min_cosine
-        return ok and (tol.max_abs_diff is None or self.max_abs_diff <= tol.max_abs_diff)
+        ok = ok and (tol.max_abs_diff is None or self.max_abs_diff <= tol.max_abs_diff)
+        drop = self.map_drop
+        return ok and (tol.max_map_drop is None or drop is None or drop <= tol.max_map_drop)
 
     def __str__(self) -> str:
-        return (
-            f"max abs diff {self.max_abs_diff:.3g}, min cosine {self.min_cosine:.8f} "
-            f"over {self.rows} rows"
+        text = (
+            f"max abs diff {self.max_abs_diff:.3g}, mean {self.mean_abs_diff:.3g}, "
+            f"p99 {self.p99_abs_diff:.3g}; min cosine {self.min_cosine:.8f}, "
+            f"mean {self.mean_cosine:.8f} over {self.rows} rows"
         )
+        if self.map_drop is not None:
+            text += (
+                f"; mAP {self.map_candidate:.4f} vs PyTorch {self.map_reference:.4f} "
+                f"(drop {self.map_drop:+.4f})"
+            )
+        return text
+
+    def figures(self) -> dict[str, str]:
+        """The sidecar fields (`model.json`) of this verification."""
+        out = {
+            "parity_rows": str(self.rows),
+            "parity_max_abs_diff": f"{self.max_abs_diff:.3g}",
+            "parity_mean_abs_diff": f"{self.mean_abs_diff:.3g}",
+            "parity_p99_abs_diff": f"{self.p99_abs_diff:.3g}",
+            "parity_min_cosine": f"{self.min_cosine:.8f}",
+            "parity_mean_cosine": f"{self.mean_cosine:.8f}",
+        }
+        if self.map_drop is not None:
+            out["map_pytorch_fp32"] = f"{self.map_reference:.6f}"
+            out["map"] = f"{self.map_candidate:.6f}"
+        return out
 
 
 def probe_inputs(
@@ -68,13 +130,30 @@ def probe_inputs(
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
-    """Max abs difference and the smallest per-row cosine similarity."""
+    """Absolute differences (max, mean, 99th percentile) and per-row cosine (min, mean)."""
     ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     cosine = (ref * cand).sum(axis=1) / np.maximum(norms, 1e-30)
+    diff = np.abs(ref - cand)
+    if not diff.size:
+        return Parity(0, 0.0, 1.0)
     return Parity(
-        len(ref), float(np.abs(ref - cand).max(initial=0.0)), float(cosine.min(initial=1.0))
+        rows=len(ref),
+        max_abs_diff=float(diff.max()),
+        min_cosine=float(cosine.min()),
+        mean_abs_diff=float(diff.mean()),
+        p99_abs_diff=float(np.percentile(diff, 99)),
+        mean_cosine=float(cosine.mean()),
     )
+
+
+def require(parity: Parity, tol: Tolerance, what: str) -> Parity:
+    """`parity` if within `tol`; else one line with the figures (nothing is installed)."""
+    if not parity.within(tol):
+        raise AsenError(
+            f"{what} vs PyTorch parity check failed: {parity} (needs {tol}); nothing was written"
+        )
+    return parity
 
 
 def check_parity(reference: Encoder, candidate: Encoder, tol: Tolerance, what: str) -> Parity:
@@ -88,8 +167,28 @@ def check_parity(reference: Encoder, candidate: Encoder, tol: Tolerance, what: s
         [candidate.encode(images[i : i + 1], attributes[i : i + 1]) for i in rows]
     )
     parity = compare(np.concatenate([expected, expected[rows]]), np.concatenate([batched, single]))
-    if not parity.within(tol):
-        raise AsenError(
-            f"{what} vs PyTorch parity check failed: {parity} (needs {tol}); nothing was written"
-        )
-    return parity
+    return require(parity, tol, what)
+
+
+class DatasetCheck:
+    """Verification on a dataset's evaluation split: PyTorch fp32 embeds it once, each
+    candidate is compared on every (image, attribute) row and scored with the same mAP."""
+
+    def __init__(self, reference: Encoder, dataset: SplitDataset, split: str = "valid"):
+        self.dataset, self.split = dataset, split
+        self.reference = self._embed(reference)
+        self.reference_map = self._map(self.reference, reference.backend)
+
+    def _embed(self, encoder: Encoder) -> EmbeddedSplit:
+        return embed_split(encoder, self.dataset, self.split, workers=0)
+
+    def _map(self, embedded: EmbeddedSplit, backend: str) -> float:
+        result = score(embedded, self.dataset.names, backend=backend, split=self.split)
+        return result.overall_map
+
+    def check(self, candidate: Encoder, tol: Tolerance, what: str) -> Parity:
+        embedded = self._embed(candidate)
+        parity = compare(self.reference.embeddings, embedded.embeddings)
+        parity.map_reference = self.reference_map
+        parity.map_candidate = self._map(embedded, candidate.backend)
+        return require(parity, tol, what)

@@ -12,6 +12,7 @@ from asen.config import AttributeSpec, load_config
 from asen.data.synthetic import DEFAULT_ATTRIBUTES, generate
 from asen.model.asen import ASENPP
 from export.build import export_model
+from export.calibrate import CalibrationSource
 
 ATTRIBUTES = [AttributeSpec(n, v) for n, v in DEFAULT_ATTRIBUTES.items()]
 
@@ -46,3 +47,23 @@ def synth(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     generate(root, seed=1, n_train=10, n_eval=12)
     return root
+
+
+LOOSE = {"min_cosine": 0.9, "max_map_drop": 1.0}  # random weights: near-flat attention maps
+
+
+@pytest.fixture(scope="session")
+def precision_repo(tmp_path_factory, checkpoints, synth) -> Path:
+    """The stage-2 model exported in every precision, INT8 calibrated on the synthetic
+    split and everything verified on its valid split (tolerances loosened: the untrained
+    model's crop boxes move with small changes of its attention maps)."""
+    out = tmp_path_factory.mktemp("precisions") / "models"
+    export_model(
+        checkpoints[2],
+        out,
+        precisions=["fp32", "fp16", "int8"],
+        max_batch=16,
+        calibrate=CalibrationSource(synth, "train", 8),
+        **LOOSE,
+    )
+    return out

@@ -29,7 +29,7 @@ def test_export_prints_and_replaces(checkpoints, tmp_path):
             app, ["export", str(checkpoints[1]), "--repo", str(repo), "--max-batch", "8"]
         )
         assert result.exit_code == 0, result.output
-    assert "ONNX Runtime vs PyTorch: max abs diff" in result.output
+    assert "ONNX Runtime fp32 vs PyTorch fp32: max abs diff" in result.output
     assert f"wrote {repo / 'asen_onnx' / '1' / 'model.onnx'}" in result.output
     assert [p.relative_to(repo).as_posix() for p in files_under(repo)] == [
         "asen",  # the Triton ensemble, preprocessing model and configs (export.repository)
@@ -72,10 +72,47 @@ CASES = {  # case: (checkpoint, extra arguments, expected message)
     "repo-is-file": ("good", [], "is a file, not a model repository folder"),
     "repo-under-file": ("good", [], "cannot create the model repository"),
     "max-batch-0": ("good", ["--max-batch", "0"], "--max-batch 0: must be at least 1"),
-    "fp16-alone": ("good", ["--fp16"], "--fp16 applies to the TensorRT engine"),
-    "trt-missing": ("good", ["--trt"], "TensorRT needs TensorRT 10 and a CUDA GPU"),
+    "trt-missing": ("good", ["--trt"], "TensorRT needs TensorRT 10 or 11 and a CUDA GPU"),
     "bad-name": ("good", ["--name", "a/b"], "--name 'a/b'"),
+    "unknown-precision": ("good", ["--precision", "fp32,bf16"], "--precision bf16: unknown"),
+    "int8-uncalibrated": ("good", ["--precision", "int8"], "int8 needs calibration images"),
+    "calibrate-missing": ("good", ["--precision", "int8", "--calibrate", "nope"], "not found"),
+    "calibrate-too-few": ("good", ["--precision", "int8", "--calibrate", "SYNTH"], "fewer than"),
+    "calibrate-undecodable": (
+        "good",
+        ["--precision", "int8", "--calibrate", "BROKEN", "--calibration-images", "4"],
+        "cannot decode image",
+    ),
+    "calibrate-attributes": (
+        "good",
+        ["--precision", "int8", "--calibrate", "OTHER", "--calibration-images", "4"],
+        "do not match the checkpoint's",
+    ),
+    "verify-attributes": ("good", ["--verify", "OTHER"], "do not match the checkpoint's"),
+    "max-map-drop": ("good", ["--max-map-drop", "2"], "--max-map-drop 2.0: must be between"),
+    "calibration-images-0": (
+        "good",
+        ["--precision", "int8", "--calibrate", "SYNTH", "--calibration-images", "0"],
+        "--calibration-images 0: must be at least 1",
+    ),
 }
+
+
+def _datasets(tmp_path, synth) -> dict[str, str]:
+    """SYNTH: the synthetic split (10 train images); BROKEN: the same with undecodable train
+    images; OTHER: the same with other attribute value counts."""
+    out = {"SYNTH": str(synth)}
+    for kind in ("BROKEN", "OTHER"):
+        root = tmp_path / "data" / kind.lower()
+        shutil.copytree(synth, root)
+        out[kind] = str(root)
+    for image in (tmp_path / "data" / "broken" / "images").rglob("*"):
+        if image.is_file() and "train" in image.as_posix():
+            image.write_bytes(b"not an image")
+    (tmp_path / "data" / "other" / "dataset.yaml").write_text(
+        "attributes: [{name: a, values: 3}, {name: b, values: 9}]\n"
+    )
+    return out
 
 
 def _checkpoint(tmp_path, good, kind):
@@ -90,8 +127,10 @@ def _checkpoint(tmp_path, good, kind):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_one_line_and_writes_nothing(checkpoints, tmp_path, case):
+def test_bad_input_is_one_line_and_writes_nothing(checkpoints, synth, tmp_path, case):
     kind, extra, expected = CASES[case]
+    roots = _datasets(tmp_path, synth)
+    extra = [roots.get(a, a) for a in extra]
     if case == "trt-missing" and TRT_READY:
         pytest.skip("TensorRT and a CUDA GPU are both present here")
     ckpt = _checkpoint(tmp_path, checkpoints[1], kind)
