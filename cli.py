@@ -602,24 +602,78 @@ def export_cmd(
     ],
     repo: Annotated[Path, typer.Option(help="Model repository folder.")] = Path("triton_models"),
     name: Annotated[
-        str, typer.Option(help="Model name: writes <name>_onnx (and <name>_trt).")
+        str, typer.Option(help="Model name: writes <name>_onnx[_fp16|_int8] (and <name>_trt...).")
     ] = "asen",
+    precision: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--precision",
+            help="fp32, fp16, int8: one graph (Triton model) each; repeat or comma-separate.",
+        ),
+    ] = None,
     trt: Annotated[
         bool,
-        typer.Option("--trt", help="Also build a TensorRT engine (needs TensorRT and a CUDA GPU)."),
+        typer.Option(
+            "--trt",
+            help="Also build a strongly typed TensorRT engine per precision (TensorRT 10/11, GPU).",
+        ),
     ] = False,
     fp16: Annotated[
-        bool, typer.Option("--fp16", help="Build the TensorRT engine with FP16 kernels.")
+        bool, typer.Option("--fp16", help="Alias of --precision fp16 (deprecated).")
     ] = False,
+    calibrate: Annotated[
+        Path | None,
+        typer.Option(help="INT8: dataset root whose images calibrate the activations."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of --calibrate to draw images from.")] = "train",
+    calibration_images: Annotated[
+        int, typer.Option(help="INT8: how many calibration images (every attribute in turn).")
+    ] = 512,
+    verify: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dataset root to verify every graph on (valid split, with mAP); default the "
+            "--calibrate root, else synthetic probe images."
+        ),
+    ] = None,
+    max_map_drop: Annotated[
+        float | None,
+        typer.Option(help="Largest mAP drop vs PyTorch fp32 (default 0.005 fp16, 0.01 int8)."),
+    ] = None,
+    min_cosine: Annotated[
+        float | None,
+        typer.Option(
+            help="Smallest per-row cosine vs PyTorch fp32 (default 0.999 fp16, 0.99 int8)."
+        ),
+    ] = None,
     max_batch: Annotated[int, typer.Option(help="Largest batch the artifacts accept.")] = 64,
 ) -> None:
-    """Export a checkpoint to one ONNX graph (and a TensorRT engine), verified against PyTorch."""
+    """Export a checkpoint to ONNX graphs of each precision (and TensorRT engines), each
+    verified against PyTorch fp32, switched into the model repository as one set."""
     from export.build import export_model
+    from export.calibrate import CalibrationSource
 
     def report(line: str) -> None:
         console.print(line, markup=False, highlight=False)
 
-    for path in export_model(checkpoint, repo, name, trt, fp16, max_batch, report):
+    precisions = [*(precision or []), *(["fp16"] if fp16 else [])]
+    source = (
+        CalibrationSource(calibrate, split, calibration_images) if calibrate is not None else None
+    )
+    written = export_model(
+        checkpoint,
+        repo,
+        name=name,
+        precisions=precisions or ["fp32"],
+        trt=trt,
+        max_batch=max_batch,
+        calibrate=source,
+        verify=verify,
+        max_map_drop=max_map_drop,
+        min_cosine=min_cosine,
+        report=report,
+    )
+    for path in written:
         report(f"wrote {path}")
 
 
