@@ -223,6 +223,7 @@ def test_page_without_a_torch_model_says_so(world, tmp_path) -> None:
     text = page.read_text()
     assert "No attention map" in text and "attention.png" not in text
     assert sorted(p.name for p in (tmp_path / "p_files").iterdir()) == [
+        "asen-manifest.json",  # marks the folder as asen's own (asen/page_files.py)
         "query.jpg",
         "r001.jpg",
         "r002.jpg",
