@@ -178,6 +178,7 @@ def _run(
     encoder = TorchEncoder(state.model, info, setup.device, batch_size=cfg.train.eval_batch_size)
     result = TrainResult(folder.path, best_val_map=state.best_val_map)
     started = time.monotonic()
+    stop.start_clock()
     while state.epoch < cfg.train.epochs:
         if stop.interrupted():  # a signal during validation or set-up
             result.stopped_by = stop.reason

@@ -54,6 +54,10 @@ class StopRequest:
         self.signal = signal.Signals(signum)
         self._restore()  # a second signal acts as usual
 
+    def start_clock(self) -> None:
+        """The time budget counts from here (training, not set-up)."""
+        self.started = time.monotonic()
+
     def over_budget(self) -> bool:
         return self.budget_s is not None and time.monotonic() - self.started >= self.budget_s
 
