@@ -23,7 +23,7 @@ from asen import AsenError
 if TYPE_CHECKING:
     from asen.encoders import Encoder
 
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True, markup=False)  # user text (paths, names) prints as it is
 err = Console(stderr=True)
 
 
@@ -102,6 +102,18 @@ def _output_file(ctx: typer.Context, param: typer.CallbackParam, value: Path | N
     return value
 
 
+def _output_folder(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
+    """Option callback: an output folder that cannot be made or written is refused first."""
+    from asen.output_paths import check_output_folder
+
+    if value is not None:
+        try:
+            check_output_folder(value)
+        except AsenError as e:
+            raise typer.BadParameter(str(e)) from None
+    return value
+
+
 def _progress() -> Progress:
     from asen.distributed import is_main
 
@@ -168,7 +180,7 @@ def data_synth(
             raise AsenError(
                 f"--attributes {attributes}: expected comma-separated integers"
             ) from None
-    with console.status(f"writing synthetic dataset to {out}"):
+    with console.status(escape(f"writing synthetic dataset to {out}")):
         meta = generate(out, seed=seed, n_train=train, n_eval=eval, attributes=attrs)
     names = ", ".join(f"{a['name']} ({a['values']})" for a in meta["attributes"])
     console.print(
@@ -236,9 +248,10 @@ def train_cmd(
     time_budget: Annotated[
         float | None, typer.Option(help="Minutes; stop cleanly after the step that crosses it.")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Run folder: last.pt, best.pt, metrics.jsonl.")] = Path(
-        "runs/stage1"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(callback=_output_folder, help="Run folder: last.pt, best.pt, metrics.jsonl."),
+    ] = Path("runs/stage1"),
     device: Device = "auto",
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out exactly where it stopped.")
@@ -533,7 +546,7 @@ def eval_cmd(
     _print_map_table([result])
     if result.skipped:
         console.print(
-            f"[yellow]skipped {result.skipped} entries whose image could not be decoded[/yellow]"
+            f"skipped {result.skipped} entries whose image could not be decoded", style="yellow"
         )
     if json_out:
         atomic_write_text(json_out, json.dumps(result.to_json(), indent=2) + "\n")
@@ -781,7 +794,7 @@ def bench_serve_cmd(
     target = Target(
         url, model, protocol, model_version or "", connection["tls"], connection["headers"] or {}
     )
-    with console.status(f"perf_analyzer: {model} at {url}, concurrency {sweep}"):
+    with console.status(escape(f"perf_analyzer: {model} at {url}, concurrency {sweep}")):
         levels = run_sweep(
             target,
             sweep=sweep,
@@ -795,10 +808,10 @@ def bench_serve_cmd(
     title = f"{model} at {url} ({protocol}, batch {batch_size}, shared memory {shared_memory})"
     console.print(_levels_table(levels, title))
     if csv_out:
-        console.print(f"wrote {csv_out}")
+        console.print(f"wrote {csv_out}", markup=False)
     if plot:
         plot_levels(levels, plot, f"{model} ({protocol}, batch {batch_size}, shm {shared_memory})")
-        console.print(f"wrote {plot}")
+        console.print(f"wrote {plot}", markup=False)
 
 
 @app.command("index")
@@ -834,7 +847,7 @@ def index_cmd(
     """Build one FAISS inner-product index per attribute from an embeddings file."""
     from asen.search import SearchIndex, load_embeddings
 
-    with console.status(f"indexing {gallery}"):
+    with console.status(escape(f"indexing {gallery}")):
         embedded, names = load_embeddings(gallery)
         index = SearchIndex.build(
             embedded,

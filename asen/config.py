@@ -235,7 +235,10 @@ def load_config(
         parts = key.strip().split(".")
         for part in parts[:-1]:
             cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = yaml.safe_load(text)
+        try:
+            cursor[parts[-1]] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            cursor[parts[-1]] = text  # not YAML (e.g. a path with brackets): the plain text
         _merge(raw, nested, Config, f"--set {key}")
         source = f"--set {key}"
     return _build(raw, source)
