@@ -107,6 +107,8 @@ def _prepare(
 ) -> tuple[TrainState, TrainingData]:
     """Set-up and resume: config, checks, data, model/optimizer/scheduler."""
     folder.check(resume=resume)
+    if resume and init is not None:
+        raise AsenError(f"--init starts a new run; --resume continues {folder.last} (drop --init)")
     saved = run_setup.load_resume_state(folder, stage=stage) if resume else None
     cfg = run_setup.resolve_config(cfg, saved=saved, changes=changes, source=folder.last)
     run_setup.check_config(cfg, distributed.world_size())

@@ -218,6 +218,22 @@ def test_resume_keeps_the_runs_settings_and_names_changes(cfg, tmp_path) -> None
         resolve_config(other, saved=saved, changes={}, source=source)
 
 
+def test_resume_refuses_init(cfg, tmp_path) -> None:
+    from asen.train import train
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"not read")
+    with pytest.raises(AsenError, match="--init starts a new run"):
+        train(
+            None,
+            data_root=tmp_path,
+            stage=1,
+            run_dir=tmp_path / "run",
+            init=tmp_path / "s1.pt",
+            resume=True,
+        )
+
+
 def test_check_config_one_line_per_field(cfg) -> None:
     bad = load_config(["small"], ["train.epochs=0"])
     with pytest.raises(AsenError, match=r"train\.epochs \(--epochs\) must be at least 1, got 0"):
