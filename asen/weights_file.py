@@ -32,12 +32,15 @@ def load_weights_only(path: str | Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise AsenError(f"{path}: not a readable {what} ({first_line(e)})") from None
         found = _GLOBAL.search(str(e))
+        if found is None:  # bytes that are no pickle at all (torch's text would suggest
+            # loading without weights_only, which asen never does)
+            raise AsenError(
+                f"{path}: not a readable {what} (truncated, corrupt or not a PyTorch file)"
+            ) from None
         raise AsenError(
-            f"{path}: not a weights-only {what}: it holds Python objects "
-            f"({found.group(1) if found else 'code'}) that asen never loads"
+            f"{path}: not a weights-only {what}: it holds Python objects ({found.group(1)}) "
+            "that asen never loads"
         ) from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is one line
         raise AsenError(

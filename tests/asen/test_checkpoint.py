@@ -149,3 +149,42 @@ def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         atomic_save({"format": FORMAT}, tmp_path / "best.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ issue 12: damaged files
+
+
+@pytest.mark.parametrize("key", ["config", "attributes", "model", "stage"])
+def test_format_tag_with_missing_keys_is_one_line(tmp_path, real_checkpoint, key):
+    ckpt = {k: v for k, v in real_checkpoint[0].items() if k != key}
+    path = tmp_path / "partial.pt"
+    torch.save(ckpt, path)
+    assert_one_line_error(path, f"incomplete asen checkpoint (missing {key})")
+
+
+def test_damaged_attributes_are_one_line(tmp_path, real_checkpoint):
+    path = tmp_path / "bad.pt"
+    torch.save({**real_checkpoint[0], "attributes": [{"name": "a"}]}, path)
+    assert_one_line_error(path, "damaged asen checkpoint (attributes unreadable)")
+    torch.save({**real_checkpoint[0], "attributes": [{"name": "a,b", "values": 3}]}, path)
+    assert_one_line_error(path, "contain no comma")
+
+
+def test_weights_that_do_not_fit_the_model_are_one_line(tmp_path, real_checkpoint):
+    ckpt = real_checkpoint[0]
+    weights = dict(ckpt["model"])
+    dropped = sorted(weights)[0]
+    del weights[dropped]
+    path = tmp_path / "missing.pt"
+    torch.save({**ckpt, "model": weights}, path)
+    with pytest.raises(AsenError) as e:
+        load_model(path)
+    assert (
+        str(e.value)
+        == f"{path}: the weights do not fit the model (missing 1 weights, e.g. {dropped})"
+    )
+    other = {**ckpt, "attributes": [*ckpt["attributes"], {"name": "extra", "values": 2}]}
+    torch.save(other, path)  # one attribute more than its weights were trained for
+    with pytest.raises(AsenError, match="the weights do not fit the model") as e:
+        load_model(path)
+    assert "\n" not in str(e.value)

@@ -270,3 +270,59 @@ def test_config_from_dict_partial_and_unknown():
     assert config_from_dict({"train": {"epochs": 4}}).train.epochs == 4
     with pytest.raises(AsenError, match="train.bogus"):
         config_from_dict({"train": {"bogus": 1}})
+
+
+# ------------------------------------------------------------------ issue 12: value ranges
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr_step=0", "train.lr_step must be at least 1, got 0"),
+        ("model.embed_dim=-5", "model.embed_dim must be at least 1, got -5"),
+        ("train.eval_batch_size=0", "train.eval_batch_size must be at least 1, got 0"),
+        ("train.batch_size=0", "train.batch_size must be at least 1, got 0"),
+        ("data.workers=-1", "data.workers must be at least 0, got -1"),
+        ("train.lr=0", "train.lr must be greater than 0.0, got 0.0"),
+        ("train.lr=.nan", "train.lr must be greater than 0.0, got nan"),
+        ("model.beta=1.5", "model.beta must be at most 1.0, got 1.5"),
+        ("train.seed=-1", "train.seed must be at least 0, got -1"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override, message):
+    with pytest.raises(AsenError) as e:
+        load_config(["small"], [override])
+    assert str(e.value) == f"--set {override.split('=')[0]}: {message}"
+
+
+def test_out_of_range_value_in_a_file_names_the_file(tmp_path):
+    path = write_yaml(tmp_path / "bad.yaml", {"model": {"local_size": 4}})
+    with pytest.raises(AsenError, match=f"{path}: model.local_size must be at least 16, got 4"):
+        load_config(["small", path])
+
+
+def test_every_packaged_config_is_in_range():
+    for path in sorted(PACKAGED.glob("*.yaml")):
+        load_config([path.stem])
+
+
+@pytest.mark.parametrize(
+    "attrs, word",
+    [
+        ([{"name": "a,b", "values": 3}], "contain no comma"),
+        ([{"name": "", "values": 3}], "non-empty"),
+        ([{"name": "a", "values": 3}, {"name": "a", "values": 4}], "appears twice"),
+        ([{"name": "a", "values": 0}], "at least 2 values"),
+    ],
+)
+def test_attribute_names_are_checked_where_defined(tmp_path, attrs, word):
+    path = write_yaml(tmp_path / "data.yaml", {"data": {"attributes": attrs}})
+    with pytest.raises(AsenError, match=word) as e:
+        load_config([path])
+    assert str(e.value).startswith(f"{path}: data.attributes: attribute")
+
+
+def test_set_value_that_is_not_yaml_is_text():
+    assert load_config([], ["model.weights=[x].pt"]).model.weights == "[x].pt"
+    with pytest.raises(AsenError, match="train.epochs must be int, got '\\[x'"):
+        load_config([], ["train.epochs=[x"])

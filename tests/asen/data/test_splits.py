@@ -275,3 +275,65 @@ def test_attribute_index(tmp_path):
     assert "hem" in msg and "collar" in msg and "sleeve" in msg
     with pytest.raises(AsenError):
         ds.attribute_index("2")  # only two attributes
+
+
+# ------------------------------------------------------------------ issue 12: hostile inputs
+
+
+def test_non_utf8_byte_names_file_and_line(tmp_path):
+    root = make_root(tmp_path)
+    (root / "query_test.txt").write_bytes(b"0 0 1\n1 1 \xff2\n")
+    msg = error_of(lambda: open_dataset(root).eval_entries("test"))
+    assert f"{root / 'query_test.txt'}:2: not UTF-8 text (byte 0xff at column 5)" in msg
+    (root / "filenames_test.txt").write_bytes(b"img/test/0.png\nimg/\xfe.png\n")
+    msg = error_of(lambda: open_dataset(root).files("test"))
+    assert f"{root / 'filenames_test.txt'}:2: not UTF-8" in msg
+
+
+@pytest.mark.parametrize("name", ["ABS", "../outside.png", "img/../../outside.png"])
+def test_image_paths_leaving_the_root_are_refused_unless_allowed(tmp_path, name):
+    root = make_root(tmp_path)
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (4, 4)).save(outside)
+    name = str(outside) if name == "ABS" else name
+    (root / "filenames_test.txt").write_text(f"img/test/0.png\n{name}\nimg/test/2.png\n")
+    msg = error_of(lambda: open_dataset(root).files("test"))
+    assert f"{root / 'filenames_test.txt'}:2: image path {name!r} leaves the dataset root" in msg
+    assert "allow_paths_outside_root: true" in msg
+    meta = yaml.safe_load((root / "dataset.yaml").read_text())
+    (root / "dataset.yaml").write_text(yaml.safe_dump({**meta, "allow_paths_outside_root": True}))
+    files = open_dataset(root).files("test")
+    assert files[1].resolve() == outside.resolve()
+
+
+def test_paths_inside_the_root_with_dots_are_fine(tmp_path):
+    root = make_root(tmp_path)
+    (root / "filenames_test.txt").write_text(
+        "img/test/0.png\nimg/../img/test/1.png\n./img/test/2.png\n"
+    )
+    assert len(open_dataset(root).files("test")) == 3
+
+
+def test_attribute_count_of_the_model_differs_from_the_dataset(tmp_path):
+    root = make_root(tmp_path, query="0 0 1\n1 1 2\n", candidate="1 0 1\n2 1 3\n")
+    one = [AttributeSpec("collar", 3)]
+    msg = error_of(lambda: open_dataset(root, one).eval_entries("test"))
+    assert "attribute 1 out of range (0..0: 1 attributes from the model or config)" in msg
+    assert "the model or config has 1 attributes [collar (3)]" in msg
+    assert "dataset.yaml has 2 attributes [collar (3), sleeve (4)]" in msg
+
+
+@pytest.mark.parametrize(
+    "attrs, word",
+    [
+        ([{"name": "pat,tern", "values": 3}], "contain no comma"),
+        ([{"name": "a", "values": 3}, {"name": "a", "values": 2}], "appears twice"),
+        ([{"name": "a", "values": 1}], "at least 2 values"),
+    ],
+)
+def test_dataset_yaml_attribute_names_are_checked(tmp_path, attrs, word):
+    root = make_root(tmp_path)
+    (root / "dataset.yaml").write_text(yaml.safe_dump({"attributes": attrs}))
+    with pytest.raises(AsenError, match=word) as e:
+        open_dataset(root)
+    assert str(root / "dataset.yaml") in str(e.value) and "\n" not in str(e.value)
