@@ -18,6 +18,7 @@ from asen.model.asen import ASENPP
 from asen.page_files import MANIFEST
 from asen.search import Hit, SearchIndex
 from asen.train import TrainCallbacks, _plot_curves
+from asen.training.run_folder import RunFolder
 from asen.visualize import (
     PANEL_H,
     PANEL_W,
@@ -122,7 +123,7 @@ def test_training_curves_and_a_failing_plot_never_stops_training(tmp_path, monke
         assert img.size == (1000, 400)
     messages = []
     metrics.write_text("not json\n")
-    _plot_curves(metrics, TrainCallbacks(message=messages.append))
+    _plot_curves(RunFolder(tmp_path), TrainCallbacks(message=messages.append))
     assert len(messages) == 1 and "curves.png" in messages[0]
 
 
