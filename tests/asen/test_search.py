@@ -228,3 +228,49 @@ def test_page_without_a_torch_model_says_so(world, tmp_path) -> None:
         "r001.jpg",
         "r002.jpg",
     ]
+
+
+# ------------------------------------------------------------------ issue 12: damaged indexes
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        ("manifest", ["manifest.json: damaged index manifest", "rebuild it with `asen index`"]),
+        ("manifest keys", ["manifest.json: damaged index manifest (dim"]),
+        ("items", ["items.npz: missing from the index"]),
+        ("items bytes", ["items.npz: damaged index file"]),
+        ("faiss", ["attr_0.faiss: damaged index file", "rebuild it with `asen index`"]),
+        ("faiss missing", ["attr_0.faiss: missing from the index"]),
+    ],
+)
+def test_damaged_index_is_one_line(tmp_path, damage, words) -> None:
+    split = _random_split(200, 16, 2)
+    SearchIndex.build(split, ["a", "b"]).save(tmp_path / "idx")
+    idx = tmp_path / "idx"
+    if damage == "manifest":
+        (idx / "manifest.json").write_text("{bad")
+    elif damage == "manifest keys":
+        manifest = json.loads((idx / "manifest.json").read_text())
+        (idx / "manifest.json").write_text(json.dumps({**manifest, "dim": "16"}))
+    elif damage == "items":
+        (idx / "items.npz").unlink()
+    elif damage == "items bytes":
+        (idx / "items.npz").write_bytes((idx / "items.npz").read_bytes()[:50])
+    elif damage == "faiss":
+        (idx / "attr_0.faiss").write_bytes((idx / "attr_0.faiss").read_bytes()[:100])
+    else:
+        (idx / "attr_0.faiss").unlink()
+    with pytest.raises(AsenError) as e:
+        SearchIndex.load(idx).search(split.embeddings[0], 0, k=3)
+    message = str(e.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_nprobe_below_one_is_one_line(tmp_path) -> None:
+    split = _random_split(200, 16, 2)
+    index = SearchIndex.build(split, ["a", "b"], ivf=True)
+    with pytest.raises(AsenError, match="--nprobe must be at least 1, got 0"):
+        index.search(split.embeddings[0], 0, k=3, nprobe=0)

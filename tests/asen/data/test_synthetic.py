@@ -132,3 +132,19 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict, word: str) -> None:
         synthetic.generate(tmp_path / "x", **{**SMALL, **kwargs})
     assert "\n" not in str(info.value)
     assert not (tmp_path / "x").exists()
+
+
+def test_negative_seed_and_out_that_is_a_file(tmp_path: Path) -> None:
+    with pytest.raises(AsenError, match="seed must be a non-negative integer, got -1"):
+        synthetic.generate(tmp_path / "x", **{**SMALL, "seed": -1})
+    assert not (tmp_path / "x").exists()
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    with pytest.raises(AsenError, match="exists and is not a folder"):
+        synthetic.generate(afile, **SMALL)
+    assert afile.read_text() == "mine\n"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "images").write_text("mine\n")  # a file where a folder must go
+    with pytest.raises(AsenError, match="cannot write") as info:
+        synthetic.generate(tmp_path / "d", **SMALL)
+    assert "\n" not in str(info.value)
