@@ -832,6 +832,10 @@ def index_cmd(
         ),
     ] = False,
     nprobe: Annotated[int, typer.Option(min=1, help="IVF lists searched per query.")] = 16,
+    compress: Annotated[
+        str | None,
+        typer.Option(help="With --ivf: store vectors as sq8 (1 byte a dim) or pq<m> (m bytes)."),
+    ] = None,
     include_queries: Annotated[
         bool,
         typer.Option("--include-queries", help="Also index the split's queries (default: not)."),
@@ -857,6 +861,7 @@ def index_cmd(
             nprobe=nprobe,
             data_root=data,
             source=str(gallery.resolve()),
+            compress=compress,
         )
         if repo is not None:
             from export.search_model import record_encoder

@@ -79,14 +79,36 @@ def load_embeddings(path: Path) -> tuple[EmbeddedSplit, list[str]]:
     return split, [str(n) for n in data["attribute_names"]]
 
 
-def _new_index(x: np.ndarray, ivf: bool, nprobe: int) -> faiss.Index:
-    """Exact IndexFlatIP, or IndexIVFFlat with nlist ~ sqrt(N) trained on `x`."""
+def _ivf(d: int, nlist: int, compress: str | None) -> faiss.Index:
+    """IVF storing full vectors, or `sq8` (one byte a dimension) or `pq<m>` (m bytes)."""
+    quantizer, ip = faiss.IndexFlatIP(d), faiss.METRIC_INNER_PRODUCT
+    if compress == "sq8":
+        return faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, ip)
+    if compress:
+        return faiss.IndexIVFPQ(quantizer, d, nlist, int(compress[2:]), 8, ip)
+    return faiss.IndexIVFFlat(quantizer, d, nlist, ip)
+
+
+def check_compress(compress: str | None, dim: int | None = None) -> None:
+    """`sq8` or `pq<m>` with m dividing the dimension (when known)."""
+    if compress is None or compress == "sq8":
+        return
+    m = compress[2:]
+    if not (compress.startswith("pq") and m.isdigit() and int(m) > 0):
+        raise AsenError(f"--compress {compress}: expected sq8 or pq<m> (e.g. pq32)")
+    if dim is not None and dim % int(m):
+        raise AsenError(f"--compress {compress}: {m} must divide the embedding dim {dim}")
+
+
+def _new_index(x: np.ndarray, ivf: bool, nprobe: int, compress: str | None = None) -> faiss.Index:
+    """Exact IndexFlatIP, or IVF with nlist ~ sqrt(N) trained on `x` (vectors compressed
+    with `compress`, see `_ivf`)."""
     d = x.shape[1]
     if not ivf:
         index = faiss.IndexFlatIP(d)
     else:
         nlist = max(1, min(round(math.sqrt(len(x))), len(x) // MIN_POINTS_PER_LIST))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index = _ivf(d, nlist, compress)
         index.cp.niter = KMEANS_ITERATIONS
         index.train(x)
         index.nprobe = min(nprobe, nlist)
@@ -129,10 +151,15 @@ class SearchIndex:
         nprobe: int = DEFAULT_NPROBE,
         data_root: Path | None = None,
         source: str | None = None,
+        compress: str | None = None,
     ) -> SearchIndex:
-        """Index the candidate entries (and the queries with `include_queries`)."""
+        """Index the candidate entries (and the queries with `include_queries`); with `ivf`,
+        `compress` (`sq8`, `pq<m>`) stores the vectors compressed."""
         if nprobe < 1:
             raise AsenError(f"--nprobe must be at least 1, got {nprobe}")
+        if compress and not ivf:
+            raise AsenError(f"--compress {compress} applies to an IVF index: add --ivf")
+        check_compress(compress, gallery.embeddings.shape[1])
         attrs = gallery.attributes
         if len(attrs) and (attrs.min() < 0 or attrs.max() >= len(names)):
             raise AsenError(f"attribute ids out of range for {len(names)} attribute names")
@@ -160,6 +187,7 @@ class SearchIndex:
             "attribute_names": list(names),
             "counts": [int(c) for c in counts],
             "nprobe": nprobe if ivf else None,
+            "compress": compress,
             "include_queries": include_queries,
             "data_root": str(data_root.resolve()) if data_root else None,
             "source": source,
@@ -167,7 +195,8 @@ class SearchIndex:
         index = cls(manifest, items)
         for a, (lo, hi) in enumerate(zip(items["offsets"][:-1], items["offsets"][1:], strict=True)):
             if hi > lo:  # one attribute's embeddings at a time: one extra copy at most
-                index._indexes[a] = _new_index(gallery.embeddings[rows[lo:hi]], ivf, nprobe)
+                x = gallery.embeddings[rows[lo:hi]]
+                index._indexes[a] = _new_index(x, ivf, nprobe, compress)
         manifest["nlist"] = [
             int(index._indexes[a].nlist) if ivf and a in index._indexes else None
             for a in range(len(names))

@@ -274,7 +274,7 @@ class SearchPage:
             nprobe = _int_field(form, "nprobe", 1, 65536, None) if self.ivf else None
             shown.update(k=k, nprobe=nprobe)
             blob, name = await self._query(form)
-            preview = _preview(blob)
+            preview = await run_in_threadpool(_preview, blob)
             hits = await run_in_threadpool(self.served.search, blob, attribute, k, nprobe)
         except (BadRequest, BadQueryError) as e:
             return self.render(400, error=str(e), **{n: v for n, v in shown.items() if v})

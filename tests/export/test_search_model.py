@@ -171,3 +171,37 @@ def test_add_refuses_an_index_recorded_for_another_encoder(repo, galleries) -> N
     with pytest.raises(AsenError, match="the gallery was embedded by asen_onnx fp32 artifact 0"):
         add_search_model(repo, index, "asen_onnx")
     assert not (repo / SEARCH_MODEL).exists()
+
+
+def test_compressed_ivf_gallery(repo, galleries, synth, tmp_path) -> None:
+    out = tmp_path / "i"
+    _ok(
+        "index",
+        galleries[2],
+        "--out",
+        out,
+        "--data",
+        synth,
+        "--include-queries",
+        "--ivf",
+        "--compress",
+        "sq8",
+        "--repo",
+        repo,
+    )
+    index = SearchIndex.load(repo / SEARCH_MODEL / "1" / INDEX_DIR)
+    assert index.manifest["compress"] == "sq8" and index.manifest["kind"] == "ivf"
+    from asen.search import load_embeddings
+
+    split, _ = load_embeddings(galleries[2])
+    for row in range(0, len(split.embeddings), 7):
+        hits = index.search(split.embeddings[row], int(split.attributes[row]), 3, nprobe=1000)
+        # 8-bit codes still find the item (near the top: a random model's embeddings are close)
+        assert split.image_ids[row] in [h.image_id for h in hits]
+    for flags, message in (
+        (["--compress", "sq8"], "--compress sq8 applies to an IVF index: add --ivf"),
+        (["--ivf", "--compress", "pq7"], "--compress pq7: 7 must divide the embedding dim 256"),
+        (["--ivf", "--compress", "zip"], "--compress zip: expected sq8 or pq<m>"),
+    ):
+        code, text = _run("index", galleries[2], "--out", out, *flags)
+        assert code == 1 and message in text
