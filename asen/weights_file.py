@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ def load_weights_only(path: str | Path, what: str) -> Any:
     if not path.is_file():
         raise AsenError(f"{path}: {what} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign file's pickle protocol: the error says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = _GLOBAL.search(str(e))
         if found is None:  # bytes that are no pickle at all (torch's text would suggest

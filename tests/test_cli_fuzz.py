@@ -13,6 +13,7 @@ import enum
 import signal
 import types
 import typing
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,11 +107,16 @@ def _problem(case: list[str]) -> str | None:
     previous = signal.signal(signal.SIGALRM, _timeout)
     signal.alarm(CASE_TIMEOUT_S)
     try:
-        result = runner.invoke(app, case)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            result = runner.invoke(app, case)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     out = result.output
+    loud = [w for w in seen if issubclass(w.category, (UserWarning, RuntimeWarning))]
+    if loud:  # printed on stderr before the error line
+        return f"warned {loud[0].category.__name__}: {loud[0].message}"
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         return f"raised {type(result.exception).__name__}: {result.exception}"
     if "Traceback" in out:
