@@ -291,11 +291,76 @@ def _served_repo(root: Path, args) -> tuple[Path, bytes, str]:
     return repo, image, names[0]
 
 
+def _counts(url: str) -> dict[str, tuple[int, int]]:
+    """(inferences, executions) so far of asen_search and its encoder, from Triton."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+    return {
+        m["name"]: (int(m.get("inference_count", 0)), int(m.get("execution_count", 0)))
+        for m in stats
+        if m["name"] in ("asen_search", "asen_onnx")
+    }
+
+
+def _batching(before: dict, after: dict) -> dict:
+    """Queries (images) per execution of asen_search and of the encoder during a run: above
+    1 where queries were batched."""
+    out = {}
+    for name, key in (("asen_search", "search"), ("asen_onnx", "encoder")):
+        inferences = after[name][0] - before[name][0]
+        executions = after[name][1] - before[name][1]
+        out[f"{key}_per_execution"] = round(inferences / max(1, executions), 2)
+    return out
+
+
+def _perf_run(binary: str, url: str, root: Path, concurrency: int, args) -> dict:
+    """One perf_analyzer measurement of asen_search over gRPC at `concurrency`."""
+    import subprocess
+
+    csv = root / f"perf_c{concurrency}.csv"
+    run = subprocess.run(
+        [
+            binary,
+            "-m",
+            "asen_search",
+            "-u",
+            url,
+            "-i",
+            "grpc",
+            "--input-data",
+            str(root / "input.json"),
+            "--concurrency-range",
+            f"{concurrency}:{concurrency}",
+            "--measurement-interval",
+            str(args.measurement_ms),
+            "--stability-percentage",
+            str(args.stability),
+            "--percentile",
+            "99",
+            "-f",
+            str(csv),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if run.returncode != 0:
+        return {"error": run.stderr.strip()[-500:]}
+    header, row = csv.read_text().splitlines()[:2]
+    fields = dict(zip(header.split(","), row.split(","), strict=False))
+    return {
+        "queries_per_s": float(fields["Inferences/Second"]),
+        "p50_ms": int(fields["p50 latency"]) / 1e3,
+        "p99_ms": int(fields["p99 latency"]) / 1e3,
+    }
+
+
 def bench_served(args, root: Path) -> dict:
     """asen_search end to end under perf_analyzer (gRPC), concurrency 1 and 8."""
     import base64
     import struct
-    import subprocess
 
     from client.server import free_port, start_server
 
@@ -322,42 +387,10 @@ def bench_served(args, root: Path) -> dict:
     out = {"items_per_attribute": args.served_items, "repository_build_s": round(build_s, 1)}
     with start_server(repo, log_file=root / "triton.log", **ports) as server:
         for concurrency in (1, 8):
-            csv = root / f"perf_c{concurrency}.csv"
-            run = subprocess.run(
-                [
-                    binary,
-                    "-m",
-                    "asen_search",
-                    "-u",
-                    server.grpc_url,
-                    "-i",
-                    "grpc",
-                    "--input-data",
-                    str(root / "input.json"),
-                    "--concurrency-range",
-                    f"{concurrency}:{concurrency}",
-                    "--measurement-interval",
-                    str(args.measurement_ms),
-                    "--stability-percentage",
-                    str(args.stability),
-                    "--percentile",
-                    "99",
-                    "-f",
-                    str(csv),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            if run.returncode != 0:
-                out[f"concurrency_{concurrency}"] = {"error": run.stderr.strip()[-500:]}
-                continue
-            header, row = csv.read_text().splitlines()[:2]
-            fields = dict(zip(header.split(","), row.split(","), strict=False))
+            before = _counts(server.grpc_url)
             out[f"concurrency_{concurrency}"] = {
-                "queries_per_s": float(fields["Inferences/Second"]),
-                "p50_ms": int(fields["p50 latency"]) / 1e3,
-                "p99_ms": int(fields["p99 latency"]) / 1e3,
+                **_perf_run(binary, server.grpc_url, root, concurrency, args),
+                **_batching(before, _counts(server.grpc_url)),
             }
     return out
 

@@ -91,6 +91,7 @@ def test_index_adds_a_versioned_search_model(repo, galleries, synth, tmp_path) -
     manifest = json.loads((version / INDEX_DIR / "manifest.json").read_text())
     assert manifest["encoder"] == encoder_identity(repo, "asen_onnx")
     assert manifest["encoder"]["precision"] == "fp32"
+    assert len(manifest["encoder"]["artifact_sha256"]) == 64
     assert json.loads((tmp_path / "i1" / "manifest.json").read_text()) == manifest
     assert SearchIndex.load(version / INDEX_DIR).manifest["kind"] == "ivf"
 
@@ -167,8 +168,9 @@ def test_add_refuses_an_index_recorded_for_another_encoder(repo, galleries) -> N
 
     split, names = load_embeddings(galleries[2])
     index = SearchIndex.build(split, names)
-    index.manifest["encoder"] = {**encoder_identity(repo, "asen_onnx"), "artifact_sha256": "0"}
-    with pytest.raises(AsenError, match="the gallery was embedded by asen_onnx fp32 artifact 0"):
+    other = {"checkpoint_sha256": "0" * 64, "artifact_sha256": "0" * 64}
+    index.manifest["encoder"] = {**encoder_identity(repo, "asen_onnx"), **other}
+    with pytest.raises(AsenError, match="embedded by asen_onnx fp32 (checkpoint|artifact) 0{12}"):
         add_search_model(repo, index, "asen_onnx")
     assert not (repo / SEARCH_MODEL).exists()
 
