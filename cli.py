@@ -151,6 +151,22 @@ DistTimeout = Annotated[
         help="Under torchrun: seconds a process waits for the others before failing the run.",
     ),
 ]
+Stage = Annotated[
+    int, typer.Option(min=1, max=2, help="1: global branch; 2: adds the local branch.")
+]
+RunFolder = Annotated[
+    Path,
+    typer.Option(callback=_output_folder, help="Run folder: last.pt, best.pt, metrics.jsonl."),
+]
+TrainWorkers = Annotated[
+    int | None, typer.Option(min=0, help="DataLoader workers (default: config data.workers).")
+]
+JsonOut = Annotated[
+    Path | None,
+    typer.Option(
+        "--json", callback=_output_file, help="Also write the figures or results as JSON."
+    ),
+]
 
 
 @data_app.command("synth")
@@ -238,9 +254,7 @@ def train_cmd(
     data: DataRoot,
     config: Configs = None,
     set_: Sets = None,
-    stage: Annotated[
-        int, typer.Option(min=1, max=2, help="1: global branch; 2: adds the local branch.")
-    ] = 1,
+    stage: Stage = 1,
     init: Annotated[
         Path | None, typer.Option(help="Checkpoint to initialise from (stage 1 for stage 2).")
     ] = None,
@@ -248,10 +262,7 @@ def train_cmd(
     time_budget: Annotated[
         float | None, typer.Option(help="Minutes; stop cleanly after the step that crosses it.")
     ] = None,
-    out: Annotated[
-        Path,
-        typer.Option(callback=_output_folder, help="Run folder: last.pt, best.pt, metrics.jsonl."),
-    ] = Path("runs/stage1"),
+    out: RunFolder = Path("runs/stage1"),
     device: Device = "auto",
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out exactly where it stopped.")
@@ -263,10 +274,7 @@ def train_cmd(
         Precision | None,
         typer.Option(help="Training precision (default: train.precision, auto: bf16 if native)."),
     ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(min=0, help="DataLoader workers (default: config data.workers)."),
-    ] = None,
+    workers: TrainWorkers = None,
     skip_bad_images: SkipBad = False,
     dist_timeout: DistTimeout = 600.0,
 ) -> None:
@@ -511,10 +519,7 @@ def eval_cmd(
     data: DataRoot,
     split: Split = "test",
     backend: Backend = BackendName.torch,
-    json_out: Annotated[
-        Path | None,
-        typer.Option("--json", callback=_output_file, help="Write the figures as JSON."),
-    ] = None,
+    json_out: JsonOut = None,
     device: Device = "auto",
     batch_size: BatchSize = 64,
     workers: Workers = 2,
@@ -911,10 +916,7 @@ def search_cmd(
             "as its own (any other folder there is refused)."
         ),
     ] = None,
-    json_out: Annotated[
-        Path | None,
-        typer.Option("--json", callback=_output_file, help="Write the results as JSON."),
-    ] = None,
+    json_out: JsonOut = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(help="Checkpoint for the page's attention map when --backend is not torch."),
