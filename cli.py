@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import json
@@ -609,6 +610,11 @@ def compare_cmd(
     names = {tuple(r.num_queries) for r in loaded}
     if len(names) != 1 or len({r.split for r in loaded}) != 1:
         raise AsenError("the results are of different splits or attributes; compare like with like")
+    if len({r.backend for r in loaded}) < len(loaded):  # e.g. onnx fp32 / fp16 / int8 graphs
+        loaded = [
+            dataclasses.replace(r, backend=f"{r.backend} ({p.stem})")
+            for r, p in zip(loaded, results, strict=True)
+        ]
     _print_map_table(loaded)
 
 
@@ -675,6 +681,8 @@ def export_cmd(
         console.print(line, markup=False, highlight=False)
 
     precisions = [*(precision or []), *(["fp16"] if fp16 else [])]
+    if fp16:
+        report("note: --fp16 is deprecated; it means --precision fp16 (an FP16 graph and plan)")
     source = (
         CalibrationSource(calibrate, split, calibration_images) if calibrate is not None else None
     )

@@ -11,9 +11,10 @@ repository as it was.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from asen.model.shape import ModelInfo
 from export import layout, staging
 from export.calibrate import CalibrationSource, calibration_set, check_attributes
 from export.encoders import OnnxEncoder, TrtEncoder
-from export.onnx import OPSET, export_onnx
+from export.onnx import OPSET, check_onnx, export_onnx
 from export.precision import ACTIVATIONS, parse_precisions, to_fp16, to_int8
 from export.repository import write_repository
 from export.tensorrt import build_engine, require_tensorrt
@@ -58,6 +59,7 @@ class Options:
     verify: Path | None = None  # default: the calibration root; None: probe images
     max_map_drop: float | None = None
     min_cosine: float | None = None
+    checkpoint_sha256: str = ""  # recorded in every model.json
 
     @property
     def verify_root(self) -> Path | None:
@@ -109,6 +111,9 @@ def _open_repository(repo: Path, report: Report) -> list[Path]:
     created = [p for p in (repo, *repo.parents) if not p.exists()]
     try:
         repo.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AsenError(f"{repo}: cannot create the model repository ({e.strerror})") from None
+    try:
         for stale in staging.recover(repo):
             report(f"removed {stale.name}, left by an interrupted export (repository restored)")
     except OSError as e:
@@ -173,6 +178,9 @@ def _make_graphs(
         shared = {**to_int8(source, targets, images, attributes), **record}
         for engine in targets:
             fields[("int8", engine)] = {**shared, "int8_activations": ACTIVATIONS[engine]}
+    for key, path in paths.items():
+        if key in fields:
+            check_onnx(path, info)  # every graph keeps the contract's inputs and outputs
     staging.fault_point("converted")
     return fields
 
@@ -191,6 +199,7 @@ def _verify_graphs(paths: dict, fields: dict, verifier: _Verifier, opts: Options
             **info.to_metadata(opts.max_batch),
             "onnx_opset": str(OPSET),
             "asen_export": f"asen {asen.__version__}",
+            "checkpoint_sha256": opts.checkpoint_sha256,
             **fields[(precision, engine)],
             "verified_on": verifier.source,
             **parity.figures(),
@@ -208,6 +217,7 @@ def _build_plans(new: Path, paths: dict, verifier: _Verifier, opts: Options, rep
         plan.parent.mkdir(parents=True)
         report(f"building TensorRT {precision} engine (strongly typed, batch 1..{opts.max_batch})")
         meta = build_engine(graph, plan, info, opts.max_batch, precision)
+        meta["checkpoint_sha256"] = opts.checkpoint_sha256
         layout.write_sidecar(plan, meta)
         base = tolerance_for(precision, max_map_drop=opts.max_map_drop)
         tol = Tolerance(
@@ -240,6 +250,14 @@ def _stage(
         _build_plans(stage.new, paths, verifier, opts, report)
     write_repository(stage.new, opts.name, opts.trt, precisions=list(opts.precisions))
     staging.fault_point("configs")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _remove_created(created: list[Path]) -> None:
@@ -282,6 +300,7 @@ def export_model(
     model, ckpt = load_model(checkpoint, "cpu")
     info = ModelInfo.from_checkpoint(ckpt)
     reference = TorchEncoder(model, info, torch.device("cpu"), source=str(checkpoint))
+    opts = replace(opts, checkpoint_sha256=_sha256(Path(checkpoint)))
     calibration = calibration_set(opts.calibrate, info) if "int8" in opts.precisions else None
     verifier = _Verifier(reference, opts.verify_root, report)
     created = _open_repository(repo, report)

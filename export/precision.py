@@ -63,6 +63,25 @@ def reduced_nodes(model: onnx.ModelProto) -> set[str]:
     return chosen
 
 
+def _float_outputs(model: onnx.ModelProto) -> None:
+    """Keep the graph outputs fp32. With `keep_io_types`, onnxconverter-common 1.16 still ends
+    a graph whose last node stays fp32 (our fusion) with a Cast to fp16 and declares the
+    output fp16; that Cast is turned back into fp32 (a no-op), so the contract holds and the
+    l2-normalised embedding is never rounded to fp16."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    for output in model.graph.output:
+        tensor = output.type.tensor_type
+        if tensor.elem_type != onnx.TensorProto.FLOAT16:
+            continue
+        cast = producer.get(output.name)
+        if cast is None or cast.op_type != "Cast":
+            raise AsenError(f"FP16 conversion left output {output.name} in fp16")
+        for attr in cast.attribute:
+            if attr.name == "to":
+                attr.i = onnx.TensorProto.FLOAT
+        tensor.elem_type = onnx.TensorProto.FLOAT
+
+
 def _stamp(model: onnx.ModelProto, precision: str) -> None:
     """Record the precision in the graph's own metadata (beside the asen metadata)."""
     props = {p.key: p for p in model.metadata_props}
@@ -89,6 +108,7 @@ def to_fp16(source: Path, target: Path) -> dict[str, str]:
         converted = float16.convert_float_to_float16(
             model, keep_io_types=True, node_block_list=blocked
         )
+    _float_outputs(converted)
     _stamp(converted, "fp16")
     atomic_write_bytes(target, converted.SerializeToString())
     return {
@@ -150,6 +170,9 @@ def to_int8(
                 extra_options={
                     "WeightSymmetric": True,
                     "ActivationSymmetric": engine == "tensorrt",
+                    # linear layers output fp32: the embedding reaches the l2-normalisation
+                    # unquantized, and the attention mask its sigmoid
+                    "OpTypesToExcludeOutputQuantization": [LINEAR],
                 },
                 calibration_cache_path=cache,
             )

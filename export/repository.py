@@ -205,7 +205,8 @@ class _Graph:
         info = ModelInfo.from_metadata(meta, str(artifact))
         max_batch = int(meta["max_batch"])
         params = info.to_metadata(max_batch)
-        params["precision"] = meta.get("precision", "fp32")
+        if artifact.suffix == ".plan" or meta.get("precision", "fp32") != "fp32":
+            params["precision"] = meta.get("precision", "fp32")
         onnx_path = graph or artifact
         inputs, outputs = graph_tensors(onnx_path)
         if not any(t.name == IMAGE for t in inputs):

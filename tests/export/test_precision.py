@@ -164,3 +164,50 @@ def test_calibration_set_errors(synth, tmp_path, checkpoints):
     (tmp_path / "d" / "dataset.yaml").write_text(json.dumps(meta))
     with pytest.raises(AsenError, match="do not match the checkpoint's"):
         calibration_set(CalibrationSource(tmp_path / "d", "train", 4), info)
+
+
+def test_every_precision_is_served_by_a_real_tritonserver(precision_repo, tmp_path):
+    """`asen serve`'s server loads every precision's model and ensemble (the bundled server
+    runs the graphs through the Python-backend ONNX Runtime model), and Triton's INT8
+    embeddings are ONNX Runtime's."""
+    from client.server import free_port, start_server
+    from client.triton import TritonEncoder
+
+    ports = {k: free_port() for k in ("http_port", "grpc_port", "metrics_port")}
+    with start_server(precision_repo, log_file=tmp_path / "server.log", **ports) as handle:
+        ready = {m["name"] for m in handle.index() if m.get("state") == "READY"}
+        expected = {"asen", "asen_fp16", "asen_int8", "asen_preprocess"}
+        expected |= {"asen_onnx", "asen_onnx_fp16", "asen_onnx_int8", "asen_onnx_int8_trt"}
+        assert expected <= ready
+        local = OnnxEncoder(in_model(precision_repo, "asen_onnx_int8"), "cpu")
+        images, attributes = probe_inputs(local.info, n_images=2)
+        with TritonEncoder(handle.grpc_url, "asen_onnx_int8") as served:
+            got = served.encode(images, attributes)
+    assert np.abs(got - local.encode(images, attributes)).max() < 1e-5
+
+
+@pytest.mark.parametrize("model_name", ["asen_onnx_fp16", "asen_onnx_int8"])
+def test_eval_and_embed_take_reduced_precision_models(precision_repo, synth, tmp_path, model_name):
+    """`asen eval --backend onnx` on a precision's model folder gives the valid-split mAP
+    that export's verification recorded in its model.json; `asen embed` writes its rows."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    runner = CliRunner()
+    folder = precision_repo / model_name
+    out = tmp_path / "eval.json"
+    common = ["--data", str(synth), "--backend", "onnx", "--workers", "0", "--device", "cpu"]
+    result = runner.invoke(
+        app, ["eval", str(folder), *common, "--split", "valid", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    recorded = float(read_sidecar(in_model(precision_repo, model_name))["map"])
+    assert abs(json.loads(out.read_text())["overall_map"] - recorded) < 1e-5
+    npz = tmp_path / "gallery.npz"
+    result = runner.invoke(app, ["embed", str(folder), *common, "--out", str(npz)])
+    assert result.exit_code == 0, result.output
+    assert (
+        np.load(npz)["embeddings"].shape[1]
+        == OnnxEncoder(in_model(folder.parent, model_name), "cpu").info.dim
+    )
