@@ -158,11 +158,16 @@ def test_serve_killed_leaves_no_process(repo, tmp_path, ports, sig) -> None:
     the server, its Python-backend stubs (which outlive a killed tritonserver) or the
     watchdog, and the ports are free again."""
     proc, out = start_serve(repo, tmp_path / "server.log", ports)
-    assert "Ctrl-C to stop" in out, out
-    server = int(out.split("(pid ")[1].split(")")[0])
-    stubs = [int(p.name) for p in children(server)]
-    watchdog = [int(p.name) for p in children(proc.pid) if int(p.name) != server]
-    assert stubs and watchdog, (stubs, watchdog)  # what is checked below exists
+    try:
+        assert "Ctrl-C to stop" in out, out
+        server = int(out.split("(pid ")[1].split(")")[0])
+        stubs = [int(p.name) for p in children(server)]
+        watchdog = [int(p.name) for p in children(proc.pid) if int(p.name) != server]
+        assert stubs and watchdog, (stubs, watchdog)  # what is checked below exists
+    except BaseException:
+        proc.terminate()  # a failed check leaves no server behind
+        proc.communicate(timeout=60)
+        raise
     proc.send_signal(sig)
     deadline = time.monotonic() + 5.0
     left = [server, *stubs, *watchdog]
