@@ -677,15 +677,11 @@ def export_cmd(
     from export.build import export_model
     from export.calibrate import CalibrationSource
 
-    def report(line: str) -> None:
-        console.print(line, markup=False, highlight=False)
-
+    report = functools.partial(console.print, markup=False, highlight=False)
     precisions = [*(precision or []), *(["fp16"] if fp16 else [])]
     if fp16:
         report("note: --fp16 is deprecated; it means --precision fp16 (an FP16 graph and plan)")
-    source = (
-        CalibrationSource(calibrate, split, calibration_images) if calibrate is not None else None
-    )
+    source = calibrate and CalibrationSource(calibrate, split, calibration_images)
     written = export_model(
         checkpoint,
         repo,
