@@ -130,6 +130,36 @@ def test_one_step_moves_the_trained_parameters(cfg, stage: int, precision: str) 
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: fp32 weights
 
 
+def test_one_epoch_counts_skips_and_stops_after_the_step(cfg) -> None:
+    from asen.evaluate import EvalResult
+    from asen.training.epoch import train_epoch
+    from asen.training.records import make_record
+
+    torch.manual_seed(0)
+    model = ASENPP(cfg.model, 3, 1)
+    setup = StepSetup(
+        MicroBatches(model, 0), torch.optim.Adam(model.parameters()), cfg.train, CPU, "fp32"
+    )
+    images, attrs = _triplets(cfg, 4)
+    ok = torch.tensor([True, False, True, True])  # one triplet's image could not be read
+    loader = [(images, attrs, ok)] * 3
+    seen = []
+    tally = train_epoch(setup, loader, start_step=5, stop=StopRequest(), on_step=seen.append)
+    assert (tally.step, tally.steps, tally.seen, tally.skipped) == (8, 3, 9, 3)
+    assert [s["step"] for s in seen] == [6, 7, 8] and not tally.stopped
+    budget = StopRequest(time_budget_min=0)  # over budget at once: one step, then stop
+    tally = train_epoch(setup, loader, start_step=0, stop=budget)
+    assert (tally.step, tally.steps, tally.stopped) == (1, 1, True)
+    val = EvalResult(
+        backend="torch", split="valid", overall_map=0.5, per_attribute={"a": 0.5}, num_queries={}
+    )
+    record = make_record(
+        tally, epoch=1, partial=True, stage=1, lrs={"all": 1e-3}, val=val, elapsed_s=1
+    )
+    assert record["partial"] and record["steps"] == 1 and record["triplets"] == 3
+    assert record["loss"] == tally.sums["loss"] and "loss_local" not in record
+
+
 # ------------------------------------------------------------------ the run folder
 
 
