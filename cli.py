@@ -352,7 +352,16 @@ BACKENDS: dict[BackendName, BackendEntry] = {
     BackendName.trt: BackendEntry("export.encoders:TrtEncoder", ("device", "batch_size")),
     BackendName.triton: BackendEntry(
         "client.triton:TritonEncoder",
-        ("url", "protocol", "send_bytes", "batch_size", "tls", "headers", "shared_memory"),
+        (
+            "url",
+            "protocol",
+            "send_bytes",
+            "batch_size",
+            "tls",
+            "headers",
+            "shared_memory",
+            "model_version",
+        ),
     ),
 }
 
@@ -436,6 +445,10 @@ Header = Annotated[
 SharedMemory = Annotated[
     str | None,
     typer.Option(help="Triton: none or system (shared memory with a server on this host)."),
+]
+ModelVersion = Annotated[
+    str | None,
+    typer.Option(help="Triton: the encoder model's version (default: the latest served)."),
 ]
 
 
@@ -534,6 +547,7 @@ def eval_cmd(
     certificate_chain: CertificateChain = None,
     header: Header = None,
     shared_memory: SharedMemory = None,
+    model_version: ModelVersion = None,
     dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Per-attribute and overall mAP (the paper's protocol) through any backend."""
@@ -541,6 +555,7 @@ def eval_cmd(
     from asen.evaluate import score
 
     options = {"batch_size": batch_size, "url": url, "protocol": protocol, "send_bytes": send_bytes}
+    options["model_version"] = model_version
     certificates = (root_certificates, private_key, certificate_chain)
     options |= _connection(backend, ssl, certificates, header=header, shared_memory=shared_memory)
     job = _SplitJob(backend, model, options, data, split, workers, skip_bad_images)
@@ -580,10 +595,12 @@ def embed_cmd(
     certificate_chain: CertificateChain = None,
     header: Header = None,
     shared_memory: SharedMemory = None,
+    model_version: ModelVersion = None,
     dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Embed every query and candidate entry of a split into an .npz file."""
     options = {"batch_size": batch_size, "url": url, "protocol": protocol, "send_bytes": send_bytes}
+    options["model_version"] = model_version
     certificates = (root_certificates, private_key, certificate_chain)
     options |= _connection(backend, ssl, certificates, header=header, shared_memory=shared_memory)
     job = _SplitJob(backend, model, options, data, split, workers, skip_bad_images)
@@ -618,6 +635,94 @@ def compare_cmd(
     _print_map_table(loaded)
 
 
+ExportName = Annotated[
+    str, typer.Option(help="Model name: writes <name>_onnx[_fp16|_int8] (and <name>_trt...).")
+]
+Precisions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--precision",
+        help="fp32, fp16, int8: one graph (Triton model) each; repeat or comma-separate.",
+    ),
+]
+BuildTrt = Annotated[
+    bool,
+    typer.Option(
+        "--trt",
+        help="Also build a strongly typed TensorRT engine per precision (TensorRT 10/11, GPU).",
+    ),
+]
+CalibrateRoot = Annotated[
+    Path | None,
+    typer.Option(help="INT8: dataset root whose images calibrate the activations."),
+]
+VerifyRoot = Annotated[
+    Path | None,
+    typer.Option(
+        help="Dataset root to verify every graph on (valid split, with mAP); default the "
+        "--calibrate root, else synthetic probe images."
+    ),
+]
+MaxMapDrop = Annotated[
+    float | None,
+    typer.Option(help="Largest mAP drop vs PyTorch fp32 (default 0.005 fp16, 0.01 int8)."),
+]
+MinCosine = Annotated[
+    float | None,
+    typer.Option(help="Smallest per-row cosine vs PyTorch fp32 (default 0.999 fp16, 0.95 int8)."),
+]
+DeployConfig = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML file of deployment options (options given here win)."
+    ),
+]
+Instances = Annotated[
+    int | None, typer.Option(help="Deployment: instances of each encoder model (default 1).")
+]
+InstanceKind = Annotated[
+    str | None,
+    typer.Option(help="Deployment: cpu or gpu (default: ONNX on the CPU, TensorRT on the GPU)."),
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(help="Deployment: ONNX Runtime threads per instance (default: one per core)."),
+]
+DynamicBatching = Annotated[
+    bool | None,
+    typer.Option(
+        "--dynamic-batching/--no-dynamic-batching",
+        help="Deployment: Triton's dynamic batcher on the encoder models (default on).",
+    ),
+]
+PreferredBatch = Annotated[
+    str | None,
+    typer.Option(
+        help="Deployment: preferred batch sizes, e.g. 8,16,32 (default: those up to --max-batch)."
+    ),
+]
+MaxQueueDelay = Annotated[
+    int | None,
+    typer.Option(
+        "--max-queue-delay-us", help="Deployment: longest wait to form a batch (default 2000)."
+    ),
+]
+ExportVersion = Annotated[
+    str,
+    typer.Option(
+        "--model-version",
+        help="Version to write beside the others: N or next (default 1, replacing version 1).",
+    ),
+]
+Keep = Annotated[
+    int | None, typer.Option(help="Keep the K newest versions asen wrote (default: all).")
+]
+OverwriteEdited = Annotated[
+    bool,
+    typer.Option("--overwrite-edited", help="Replace configs edited since asen wrote them."),
+]
+
+
 @app.command("export")
 @_errors
 def export_cmd(
@@ -625,63 +730,53 @@ def export_cmd(
         Path, typer.Argument(help="Checkpoint to export (e.g. runs/stage2/best.pt).")
     ],
     repo: Annotated[Path, typer.Option(help="Model repository folder.")] = Path("triton_models"),
-    name: Annotated[
-        str, typer.Option(help="Model name: writes <name>_onnx[_fp16|_int8] (and <name>_trt...).")
-    ] = "asen",
-    precision: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--precision",
-            help="fp32, fp16, int8: one graph (Triton model) each; repeat or comma-separate.",
-        ),
-    ] = None,
-    trt: Annotated[
-        bool,
-        typer.Option(
-            "--trt",
-            help="Also build a strongly typed TensorRT engine per precision (TensorRT 10/11, GPU).",
-        ),
-    ] = False,
+    name: ExportName = "asen",
+    precision: Precisions = None,
+    trt: BuildTrt = False,
     fp16: Annotated[
         bool, typer.Option("--fp16", help="Alias of --precision fp16 (deprecated).")
     ] = False,
-    calibrate: Annotated[
-        Path | None,
-        typer.Option(help="INT8: dataset root whose images calibrate the activations."),
-    ] = None,
+    calibrate: CalibrateRoot = None,
     split: Annotated[str, typer.Option(help="Split of --calibrate to draw images from.")] = "train",
     calibration_images: Annotated[
         int, typer.Option(help="INT8: how many calibration images (every attribute in turn).")
     ] = 512,
-    verify: Annotated[
-        Path | None,
-        typer.Option(
-            help="Dataset root to verify every graph on (valid split, with mAP); default the "
-            "--calibrate root, else synthetic probe images."
-        ),
-    ] = None,
-    max_map_drop: Annotated[
-        float | None,
-        typer.Option(help="Largest mAP drop vs PyTorch fp32 (default 0.005 fp16, 0.01 int8)."),
-    ] = None,
-    min_cosine: Annotated[
-        float | None,
-        typer.Option(
-            help="Smallest per-row cosine vs PyTorch fp32 (default 0.999 fp16, 0.99 int8)."
-        ),
-    ] = None,
+    verify: VerifyRoot = None,
+    max_map_drop: MaxMapDrop = None,
+    min_cosine: MinCosine = None,
     max_batch: Annotated[int, typer.Option(help="Largest batch the artifacts accept.")] = 64,
+    config: DeployConfig = None,
+    instances: Instances = None,
+    instance_kind: InstanceKind = None,
+    threads: Threads = None,
+    dynamic_batching: DynamicBatching = None,
+    preferred_batch: PreferredBatch = None,
+    max_queue_delay_us: MaxQueueDelay = None,
+    model_version: ExportVersion = "1",
+    keep: Keep = None,
+    overwrite_edited: OverwriteEdited = False,
 ) -> None:
     """Export a checkpoint to ONNX graphs of each precision (and TensorRT engines), each
     verified against PyTorch fp32, switched into the model repository as one set."""
     from export.build import export_model
     from export.calibrate import CalibrationSource
+    from export.deployment import DeploymentOptions
+    from export.versions import VersionRequest
 
     report = functools.partial(console.print, markup=False, highlight=False)
     precisions = [*(precision or []), *(["fp16"] if fp16 else [])]
     if fp16:
         report("note: --fp16 is deprecated; it means --precision fp16 (an FP16 graph and plan)")
     source = calibrate and CalibrationSource(calibrate, split, calibration_images)
+    deployment = DeploymentOptions.load(
+        config,
+        instances=instances,
+        instance_kind=instance_kind,
+        threads=threads,
+        dynamic_batching=dynamic_batching,
+        preferred_batch=preferred_batch,
+        max_queue_delay_us=max_queue_delay_us,
+    )
     written = export_model(
         checkpoint,
         repo,
@@ -693,6 +788,8 @@ def export_cmd(
         verify=verify,
         max_map_drop=max_map_drop,
         min_cosine=min_cosine,
+        deployment=deployment,
+        model_versions=VersionRequest(model_version, keep, overwrite_edited),
         report=report,
     )
     for path in written:
@@ -724,7 +821,14 @@ def serve_cmd(
     with console.status("starting tritonserver"):
         handle = launch(repo, host, http_port, grpc_port, metrics_port, log_file)
     for choice in handle.choices:
-        console.print(f"  {choice.model:<24} {choice.how}", markup=False, highlight=False)
+        served = handle.versions.get(choice.model, [])
+        version = "version " + ",".join(map(str, served)) if served else ""
+        version += f" (serves {served[-1]} by default)" if len(served) > 1 else ""
+        console.print(
+            f"  {choice.model:<24} {version:<10} {choice.how}",
+            markup=False,
+            highlight=False,
+        )
     console.print(
         f"HTTP {handle.http_url}  gRPC {handle.grpc_url}  metrics {handle.metrics_url}\n"
         f"ready: {', '.join(handle.models)}\nlog: {handle.log_file} (pid {handle.process.pid})"

@@ -25,8 +25,9 @@ from asen.checkpoint import load_model
 from asen.data.splits import open_dataset
 from asen.encoders import Encoder, TorchEncoder
 from asen.model.shape import ModelInfo
-from export import layout, staging
+from export import layout, staging, versions
 from export.calibrate import CalibrationSource, calibration_set, check_attributes
+from export.deployment import DeploymentOptions
 from export.encoders import OnnxEncoder, TrtEncoder
 from export.onnx import OPSET, check_onnx, export_onnx
 from export.precision import ACTIVATIONS, parse_precisions, to_fp16, to_int8
@@ -43,7 +44,7 @@ from export.verify import (
 )
 
 Report = Callable[[str], None]
-OWNED_ENTRIES = {"config.pbtxt", "configs", layout.VERSION}  # what asen writes in a model folder
+OWNED_ENTRIES = {"config.pbtxt", "configs", versions.MANIFEST}  # and version folders
 VERIFY_SPLIT = "valid"
 
 
@@ -60,6 +61,8 @@ class Options:
     max_map_drop: float | None = None
     min_cosine: float | None = None
     checkpoint_sha256: str = ""  # recorded in every model.json
+    deployment: DeploymentOptions = DeploymentOptions()
+    model_versions: versions.VersionRequest = versions.VersionRequest()
 
     @property
     def verify_root(self) -> Path | None:
@@ -75,7 +78,7 @@ def _check_repo(repo: Path, name: str) -> None:
         if folder.exists() and not folder.is_dir():
             raise AsenError(f"{folder}: is a file where export writes model {model}")
         foreign = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        foreign = [n for n in foreign if n not in OWNED_ENTRIES]
+        foreign = [n for n in foreign if n not in OWNED_ENTRIES and not n.isdigit()]
         if foreign:
             raise AsenError(
                 f"{folder}: holds {', '.join(foreign)}, which asen did not write; move it away "
@@ -83,7 +86,7 @@ def _check_repo(repo: Path, name: str) -> None:
             )
 
 
-def _check_request(repo: Path, opts: Options) -> None:
+def _check_request(repo: Path, opts: Options, report: Report) -> None:
     """Everything that can be rejected before reading the checkpoint or writing anything."""
     if opts.max_batch < 1:
         raise AsenError(f"--max-batch {opts.max_batch}: must be at least 1")
@@ -101,6 +104,8 @@ def _check_request(repo: Path, opts: Options) -> None:
         if value is not None and not 0 <= value <= 1:
             raise AsenError(f"{option} {value}: must be between 0 and 1")
     _check_repo(repo, opts.name)
+    opts.deployment.check(trt=opts.trt, max_batch=opts.max_batch)
+    opts.model_versions.check(repo, opts.name, report)
     if opts.trt:
         require_tensorrt()
 
@@ -220,11 +225,7 @@ def _build_plans(new: Path, paths: dict, verifier: _Verifier, opts: Options, rep
         meta["checkpoint_sha256"] = opts.checkpoint_sha256
         layout.write_sidecar(plan, meta)
         base = tolerance_for(precision, max_map_drop=opts.max_map_drop)
-        tol = Tolerance(
-            TRT_TOLERANCE[precision].min_cosine,
-            TRT_TOLERANCE[precision].max_abs_diff,
-            base.max_map_drop,
-        )
+        tol = replace(TRT_TOLERANCE[precision], max_map_drop=base.max_map_drop)
         parity = verifier.check(TrtEncoder(plan), tol, f"TensorRT {precision}")
         report(f"TensorRT {precision} vs PyTorch fp32: {parity}")
         layout.write_sidecar(plan, {**meta, "verified_on": verifier.source, **parity.figures()})
@@ -248,7 +249,15 @@ def _stage(
     _verify_graphs(paths, fields, verifier, opts, report)
     if opts.trt:
         _build_plans(stage.new, paths, verifier, opts, report)
-    write_repository(stage.new, opts.name, opts.trt, precisions=list(opts.precisions))
+    write_repository(
+        stage.new,
+        opts.name,
+        opts.trt,
+        precisions=list(opts.precisions),
+        deployment=opts.deployment,
+    )
+    version = versions.install(stage.repo, stage.new, opts.name, opts.model_versions, report)
+    report(f"model version {version}")
     staging.fault_point("configs")
 
 
@@ -278,13 +287,17 @@ def export_model(
     verify: str | Path | None = None,
     max_map_drop: float | None = None,
     min_cosine: float | None = None,
+    deployment: DeploymentOptions | None = None,
+    model_versions: versions.VersionRequest | None = None,
     report: Report = lambda line: None,
 ) -> list[Path]:
     """Export `checkpoint` into the model repository `repo`: per precision its verified ONNX
     graph(s) (`<name>_onnx`, `<name>_onnx_fp16`, `<name>_onnx_int8` + `_int8_trt`), with
     `trt` their TensorRT plans, each with a `model.json`, and the Triton configs around them
     (`export.repository`). The repository's previous models of `name` are replaced as one
-    set. Returns the files installed; `report` receives progress lines."""
+    set; `deployment` says how Triton runs the encoder models, `model_versions` which
+    version the export writes beside which kept ones (`export.versions`). Returns the files
+    installed; `report` receives progress lines."""
     repo = Path(repo)
     opts = Options(
         name=name,
@@ -295,8 +308,10 @@ def export_model(
         verify=Path(verify) if verify is not None else None,
         max_map_drop=max_map_drop,
         min_cosine=min_cosine,
+        deployment=deployment or DeploymentOptions(),
+        model_versions=model_versions or versions.VersionRequest(),
     )
-    _check_request(repo, opts)
+    _check_request(repo, opts, report)
     model, ckpt = load_model(checkpoint, "cpu")
     info = ModelInfo.from_checkpoint(ckpt)
     reference = TorchEncoder(model, info, torch.device("cpu"), source=str(checkpoint))
