@@ -233,6 +233,23 @@ def plan_models(repo: Path, backends: set[str]) -> list[Choice]:
     return [chosen[d.name] for d in dirs]
 
 
+def has_gpu() -> bool:
+    """Whether this machine has an NVIDIA GPU (its device files)."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def check_instance_kinds(choices: list[Choice], gpu: bool) -> None:
+    """A config that asks for GPU instances on a machine without a GPU is one clear line
+    (Triton would fail to load it)."""
+    for c in choices:
+        config = read_config(c.config) if c.config and not gpu else None
+        if config and any(g.kind == g.KIND_GPU for g in config.instance_group):
+            raise AsenError(
+                f"{c.config}: model {c.model} runs GPU instances, and this machine has no GPU; "
+                "re-export with --instance-kind cpu (or serve it on a GPU machine)"
+            )
+
+
 def build_view(repo: Path, choices: list[Choice], view: Path) -> Path:
     """A repository of the served models: the chosen config, the version files linked."""
     for c in choices:
@@ -293,6 +310,7 @@ class ServerHandle:
     binary: ServerBinary
     choices: list[Choice]
     models: list[str] = field(default_factory=list)  # ready models
+    versions: dict[str, list[int]] = field(default_factory=dict)  # ready versions per model
     watchdog: subprocess.Popen | None = None  # kills the group if the launcher dies
 
     @property
@@ -336,7 +354,12 @@ class ServerHandle:
                     f"{reason or 'no reason logged'} (log: {self.log_file})"
                 )
             if self._get("/v2/health/ready")[0] == 200:
-                self.models = sorted(m["name"] for m in self.index() if m.get("state") == "READY")
+                ready = [m for m in self.index() if m.get("state") == "READY"]
+                self.models = sorted({m["name"] for m in ready})
+                for m in ready:
+                    if str(m.get("version", "")).isdigit():
+                        self.versions.setdefault(m["name"], []).append(int(m["version"]))
+                self.versions = {k: sorted(v) for k, v in self.versions.items()}
                 return
             time.sleep(0.2)
         raise AsenError(f"tritonserver not ready after {timeout:.0f} s (log: {self.log_file})")
@@ -376,6 +399,7 @@ def launch(
     choices = plan_models(repo, binary.backend_names())
     if not any(c.config for c in choices):
         raise AsenError(f"{repo}: this server can run none of its models")
+    check_instance_kinds(choices, has_gpu())
     check_ports(
         host, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
     )

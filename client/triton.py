@@ -60,19 +60,27 @@ class TritonEncoder(Encoder):
         tls: Tls | None = None,
         headers: Mapping[str, str] | None = None,
         shared_memory: str = "none",
+        model_version: str | None = None,
     ):
         """`tls`: connect with TLS (its PEM files, if any); `headers`: sent with every call
         (`Host` over gRPC sets the channel's authority); `shared_memory="system"`: tensors
-        travel through system shared memory (the server must be on this host)."""
+        travel through system shared memory (the server must be on this host);
+        `model_version`: the encoder model's version to run (default: the latest served)."""
         self.url, self.protocol = url or default_url(protocol), check_protocol(protocol)
         self.send_bytes, self.timeout_s, self.retries = send_bytes, timeout_s, retries
         self.tls, self.headers = tls, dict(headers or {})
+        self.model_version = str(model_version or "")
         self._local = threading.local()
         self._clients: list = []
         self._lock = threading.Lock()
         system = check_shared_memory(shared_memory) == "system"
         self._shm = SystemShm(self._client) if system else None
         try:
+            if self.model_version and send_bytes:
+                raise AsenError(
+                    "--model-version picks a version of the encoder model; --send-bytes goes "
+                    "through the ensemble, which runs the latest one (drop one of them)"
+                )
             self._wait_live()
             self.model, self.config = self._resolve(model)
             self.info = ModelInfo.from_metadata(self.config["params"], f"Triton model {self.model}")
@@ -100,7 +108,8 @@ class TritonEncoder(Encoder):
         **connection: Any,
     ) -> TritonEncoder:
         """`model`: the served model's name (the `asen` ensemble or an encoder model);
-        `connection`: `tls`, `headers`, `shared_memory` as for the constructor."""
+        `connection`: `tls`, `headers`, `shared_memory`, `model_version` as for the
+        constructor."""
         return cls(
             url,
             model,
@@ -177,12 +186,30 @@ class TritonEncoder(Encoder):
 
         self._retrying(live, " (is `asen serve` running?)")
 
-    def _model_config(self, name: str) -> dict:
+    def _served_versions(self, name: str) -> list[str]:
+        """The versions of model `name` the server has ready, from its repository index."""
+        index = self._retrying(lambda: self._client().get_model_repository_index())
+        models = index if self.protocol == "http" else [MessageToDict(m) for m in index.models]
+        found = {
+            str(m.get("version", ""))
+            for m in models
+            if m.get("name") == name and m.get("state") == "READY"
+        }
+        return sorted((v for v in found if v.isdigit()), key=int)
+
+    def _model_config(self, name: str, version: str = "") -> dict:
         client = self._client()
         try:
-            if not self._retrying(lambda: client.is_model_ready(name)):
-                raise AsenError(f"Triton at {self.url}: model {name} is not ready")
-            config = self._retrying(lambda: client.get_model_config(name))
+            if not self._retrying(lambda: client.is_model_ready(name, version)):
+                served = self._served_versions(name) if version else []
+                if served:
+                    raise AsenError(
+                        f"Triton at {self.url}: model {name} has no version {version} "
+                        f"(served: {', '.join(served)})"
+                    )
+                what = f"version {version} of model {name}" if version else f"model {name}"
+                raise AsenError(f"Triton at {self.url}: {what} is not ready")
+            config = self._retrying(lambda: client.get_model_config(name, version))
         except InferenceServerException as e:
             raise AsenError(f"Triton at {self.url}: model {name}: {e.message()}") from None
         if self.protocol == "grpc":
@@ -198,13 +225,16 @@ class TritonEncoder(Encoder):
         config = self._model_config(name)
         if config.get("platform") == "ensemble":
             name = config["ensemble_scheduling"]["step"][-1]["model_name"]
-            config = self._model_config(name)
+            config = self._model_config(name, self.model_version)
+        elif self.model_version:
+            config = self._model_config(name, self.model_version)
         if not any(t["name"] == IMAGE for t in config.get("input", [])):
             raise AsenError(f"Triton model {name} is not an asen encoder (no `{IMAGE}` input)")
         return name, config
 
     def describe(self) -> str:
         via = f"{self.ensemble} (image bytes)" if self.send_bytes else self.model
+        via += f" version {self.model_version}" if self.model_version else ""
         return f"Triton at {self.url} over {self.protocol}: {via}, batches of {self.batch_size}"
 
     # inference -----------------------------------------------------------------------------
@@ -214,7 +244,8 @@ class TritonEncoder(Encoder):
         options = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
 
         def call():
-            return client.infer(model, inputs, outputs=outputs, **options)
+            version = "" if model == self.ensemble else self.model_version
+            return client.infer(model, inputs, outputs=outputs, model_version=version, **options)
 
         try:
             result = self._retrying(call, " mid-run (did the server stop?)")

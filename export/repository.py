@@ -33,12 +33,11 @@ from asen import AsenError
 from asen.atomic import atomic_write_bytes, atomic_write_text
 from asen.model.shape import ModelInfo
 from export import layout
+from export.deployment import DeploymentOptions
 
 CONFIG = "config.pbtxt"
 VARIANT = "python"  # `configs/python.pbtxt`: the variant for a server with the Python backend only
 SOURCES = Path(__file__).parent / "triton_python"  # Python-backend model files
-PREFERRED_BATCH = (8, 16, 32)
-MAX_QUEUE_DELAY_US = 2000
 PREPROCESS_INSTANCES = 2
 BYTES_INPUT, IMAGE = "image_bytes", "image"
 BACKEND_OF = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
@@ -87,18 +86,31 @@ def _add(field, tensor: Tensor, reshape: bool = True) -> None:
         entry.reshape.SetInParent()
 
 
+_KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
+
+
+def instance_kind(default: int, deployment: DeploymentOptions) -> int:
+    """The instance kind `--instance-kind` asks for, else the backend's `default`."""
+    return _KINDS[deployment.instance_kind] if deployment.instance_kind else default
+
+
 def _common(
-    config: mc.ModelConfig, params: dict[str, str], kind: int, count: int = 1
+    config: mc.ModelConfig,
+    params: dict[str, str],
+    kind: int,
+    count: int = 1,
+    *,
+    deployment: DeploymentOptions | None = None,
 ) -> mc.ModelConfig:
     """Parameters, instance group and dynamic batching (preferred sizes, bounded delay)."""
+    deployment = deployment or DeploymentOptions()
     for key, value in params.items():
         config.parameters[key].string_value = value
     config.instance_group.add(kind=kind, count=count)
-    batcher = config.dynamic_batching
-    batcher.preferred_batch_size.extend(
-        sorted({b for b in PREFERRED_BATCH if b <= config.max_batch_size})
-    )
-    batcher.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    if deployment.dynamic_batching:
+        batcher = config.dynamic_batching
+        batcher.preferred_batch_size.extend(deployment.preferred(config.max_batch_size))
+        batcher.max_queue_delay_microseconds = deployment.max_queue_delay_us
     return config
 
 
@@ -109,9 +121,15 @@ def encoder_config(
     outputs: list[Tensor],
     params: dict[str, str],
     max_batch: int,
+    *,
+    deployment: DeploymentOptions | None = None,
 ) -> mc.ModelConfig:
-    """The encoder on `onnxruntime`, `tensorrt` or `python` (ONNX Runtime in a Python model)."""
+    """The encoder on `onnxruntime`, `tensorrt` or `python` (ONNX Runtime in a Python model),
+    run as `deployment` says; every version in its folder is served (the latest answers
+    requests that name none)."""
+    deployment = deployment or DeploymentOptions()
     config = mc.ModelConfig(name=name, backend=backend, max_batch_size=max_batch)
+    config.version_policy.all.SetInParent()
     platform = {v: k for k, v in BACKEND_OF.items()}.get(backend)
     if platform:
         config.platform = platform
@@ -122,7 +140,10 @@ def encoder_config(
     kind = (
         mc.ModelInstanceGroup.KIND_GPU if backend == "tensorrt" else mc.ModelInstanceGroup.KIND_CPU
     )
-    return _common(config, params, kind)
+    if deployment.threads is not None and backend != "tensorrt":
+        params = {**params, "intra_op_thread_count": str(deployment.threads)}
+    kind = instance_kind(kind, deployment)
+    return _common(config, params, kind, deployment.instances, deployment=deployment)
 
 
 def preprocess_config(name: str, image: Tensor, max_batch: int) -> mc.ModelConfig:
@@ -214,15 +235,15 @@ class _Graph:
         return cls(inputs, outputs, params, max_batch)
 
 
-def _encoder_files(repo: Path, model: str, kind: int) -> list[Path]:
+def _encoder_files(repo: Path, model: str, kind: int, deployment: DeploymentOptions) -> list[Path]:
     """`<model>/config.pbtxt` (ONNX Runtime backend), `configs/python.pbtxt` (ONNX Runtime in
     a Python model) and its `model.py`, around `<model>/1/model.onnx`."""
     graph = _Graph.read(layout.in_model(repo, model))
     args = (graph.inputs, graph.outputs, graph.params, graph.max_batch)
-    native = encoder_config(model, "onnxruntime", *args)
-    python = encoder_config(model, "python", *args)
+    native = encoder_config(model, "onnxruntime", *args, deployment=deployment)
+    python = encoder_config(model, "python", *args, deployment=deployment)
     for config in (native, python):
-        config.instance_group[0].kind = kind
+        config.instance_group[0].kind = instance_kind(kind, deployment)
     return [
         write_config(repo / model / CONFIG, native),
         write_config(repo / model / f"configs/{VARIANT}.pbtxt", python),
@@ -230,7 +251,15 @@ def _encoder_files(repo: Path, model: str, kind: int) -> list[Path]:
     ]
 
 
-def _ensemble_files(repo: Path, ensemble: str, pre: str, onnx_model: str, plan_model: str | None):
+def _ensemble_files(
+    repo: Path,
+    ensemble: str,
+    pre: str,
+    onnx_model: str,
+    plan_model: str | None,
+    *,
+    deployment: DeploymentOptions,
+):
     """The ensemble `ensemble`: image bytes -> `pre` -> the plan (when built; the ONNX graph
     in `configs/python.pbtxt`) or the ONNX graph."""
     (repo / ensemble / layout.VERSION).mkdir(parents=True, exist_ok=True)  # ensembles need one
@@ -244,7 +273,13 @@ def _ensemble_files(repo: Path, ensemble: str, pre: str, onnx_model: str, plan_m
     params = {**graph.params, "max_batch": str(batch)}
     trt = ensemble_config(ensemble, pre, plan_model, graph.inputs, graph.outputs, params, batch)
     plan_config = encoder_config(
-        plan_model, "tensorrt", plan.inputs, plan.outputs, plan.params, plan.max_batch
+        plan_model,
+        "tensorrt",
+        plan.inputs,
+        plan.outputs,
+        plan.params,
+        plan.max_batch,
+        deployment=deployment,
     )
     return [
         write_config(repo / plan_model / CONFIG, plan_config),
@@ -261,13 +296,19 @@ def exported_precisions(repo: Path, name: str) -> list[str]:
 
 
 def write_repository(
-    repo: str | Path, name: str = "asen", trt: bool = False, *, precisions: list[str] | None = None
+    repo: str | Path,
+    name: str = "asen",
+    trt: bool = False,
+    *,
+    precisions: list[str] | None = None,
+    deployment: DeploymentOptions | None = None,
 ) -> list[Path]:
     """Write the configs (and Python model files) around the exported graphs of `name` in
     `repo`: per precision its ONNX model(s) and, with `trt`, its plan model, then an ensemble
     (`<name>` for the first precision, `<name>_fp16` / `<name>_int8` for the others), and the
-    shared preprocessing model. Returns the files written."""
-    repo = Path(repo)
+    shared preprocessing model; the encoder models run as `deployment` says. Returns the
+    files written."""
+    repo, deployment = Path(repo), deployment or DeploymentOptions()
     precisions = precisions or exported_precisions(repo, name)
     if not precisions:
         path = layout.artifact_path(repo, name, "onnx")
@@ -282,10 +323,11 @@ def write_repository(
     cpu, auto = mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_AUTO
     for precision in precisions:
         onnx_model = layout.onnx_model(name, precision)
-        written += _encoder_files(repo, onnx_model, cpu)
+        written += _encoder_files(repo, onnx_model, cpu, deployment)
         if precision == "int8":  # TensorRT's graph: ONNX Runtime on the GPU where there is one
-            written += _encoder_files(repo, layout.onnx_model(name, precision, tensorrt=True), auto)
+            int8_trt = layout.onnx_model(name, precision, tensorrt=True)
+            written += _encoder_files(repo, int8_trt, auto, deployment)
         plan = layout.plan_model(name, precision) if trt else None
         ensemble = layout.ensemble_model(name, precision, first=precision == precisions[0])
-        written += _ensemble_files(repo, ensemble, pre, onnx_model, plan)
+        written += _ensemble_files(repo, ensemble, pre, onnx_model, plan, deployment=deployment)
     return written

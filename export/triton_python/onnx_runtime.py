@@ -3,7 +3,9 @@ servers without the ONNX Runtime backend (`configs/python.pbtxt` selects it). Sa
 outputs as the native config; the requests of a dynamic batch run as one ONNX Runtime call,
 and a request with an out-of-range attribute fails alone. The optional parameter
 `intra_op_thread_count` (the ONNX Runtime backend's own key; 0 or absent: one thread per
-core) sets ONNX Runtime's threads per instance."""
+core) sets ONNX Runtime's threads per instance. A GPU instance (`asen export --instance-kind
+gpu`) runs on its GPU with ONNX Runtime's CUDA execution provider; without it (the
+`onnxruntime` wheel, not `onnxruntime-gpu`) the model fails to load, saying so."""
 
 from __future__ import annotations
 
@@ -15,6 +17,18 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 ATTRIBUTE = "attribute"  # the graph's attribute-id input (docs/architecture.md, "Exported graph")
+
+
+def _providers(args: dict) -> list:
+    """CPU, or CUDA on the instance's GPU for a GPU instance."""
+    if args.get("model_instance_kind") != "GPU":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError(
+            "a GPU instance needs ONNX Runtime's CUDA execution provider (onnxruntime-gpu); "
+            "re-export with --instance-kind cpu"
+        )
+    return [("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])})]
 
 
 class TritonPythonModel:
@@ -29,7 +43,7 @@ class TritonPythonModel:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         opts.intra_op_num_threads = int(params.get("intra_op_thread_count", "0"))
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), opts, providers=_providers(args))
 
     def _check(self, feeds: dict[str, np.ndarray]) -> str | None:
         ids = feeds[ATTRIBUTE].reshape(-1)

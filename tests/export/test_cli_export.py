@@ -35,6 +35,7 @@ def test_export_prints_and_replaces(checkpoints, tmp_path):
         "asen",  # the Triton ensemble, preprocessing model and configs (export.repository)
         "asen/1",
         "asen/config.pbtxt",
+        "asen/generated.json",  # the sha256 of each config asen wrote, and its versions
         "asen_onnx",
         "asen_onnx/1",
         "asen_onnx/1/model.json",
@@ -43,10 +44,12 @@ def test_export_prints_and_replaces(checkpoints, tmp_path):
         "asen_onnx/config.pbtxt",
         "asen_onnx/configs",
         "asen_onnx/configs/python.pbtxt",
+        "asen_onnx/generated.json",
         "asen_preprocess",
         "asen_preprocess/1",
         "asen_preprocess/1/model.py",
         "asen_preprocess/config.pbtxt",
+        "asen_preprocess/generated.json",
     ]
 
 
