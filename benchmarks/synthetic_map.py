@@ -61,9 +61,9 @@ def main() -> None:
         init = args.work / f"stage1-{args.seed}" / "best.pt" if stage == 2 else None
         result = train(
             cfg,
-            root,
-            stage,
-            run,
+            data_root=root,
+            stage=stage,
+            run_dir=run,
             init=init,
             time_budget_min=args.budget,
             resume=(run / "last.pt").exists(),
