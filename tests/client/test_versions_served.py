@@ -52,13 +52,13 @@ def versioned(checkpoint, tmp_path_factory, max_batch):
 
 @pytest.fixture(scope="module")
 def served(versioned, tmp_path_factory):
-    """`asen serve` on it: (its output up to 'Ctrl-C to stop', the gRPC URL)."""
+    """`asen serve` on it: (its output up to 'Ctrl-C to stop', the gRPC URL, the HTTP URL)."""
     ports = {k: free_port() for k in ("http_port", "grpc_port", "metrics_port")}
     log = tmp_path_factory.mktemp("log") / "server.log"
     proc, out = start_serve(versioned, log, ports)
     try:
         assert "Ctrl-C to stop" in out, out
-        yield out, f"127.0.0.1:{ports['grpc_port']}"
+        yield out, f"127.0.0.1:{ports['grpc_port']}", f"127.0.0.1:{ports['http_port']}"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -69,7 +69,7 @@ def served(versioned, tmp_path_factory):
 
 
 def test_serve_prints_the_versions_it_serves(served) -> None:
-    out, _ = served
+    out = served[0]
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert "version 1,2 (serves 2 by default)" in lines["asen_onnx"]
     assert "version 1 " in lines["flat_onnx"] and "version 1 " in lines["asen"]
@@ -77,7 +77,7 @@ def test_serve_prints_the_versions_it_serves(served) -> None:
 
 
 def test_the_server_loaded_each_deployment(served) -> None:
-    _, url = served
+    url = served[1]
     with TritonEncoder(url, "asen") as enc:
         config = enc._model_config("asen_onnx")
     assert [int(g.get("count", 1)) for g in config["instance_group"]] == [2]
@@ -91,7 +91,7 @@ def test_the_server_loaded_each_deployment(served) -> None:
 
 
 def test_a_client_asks_for_a_version(served, versioned) -> None:
-    _, url = served
+    url = served[1]
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 3, 128, 128), dtype=np.uint8)
     attributes = np.array([0, 1, 2])
@@ -107,9 +107,10 @@ def test_a_client_asks_for_a_version(served, versioned) -> None:
 
 
 def test_missing_model_or_version_is_one_line(served, synth, tmp_path) -> None:
-    _, url = served
-    with pytest.raises(AsenError, match=r"model asen_onnx has no version 7 \(served: 1, 2\)"):
-        TritonEncoder(url, "asen", model_version="7")
+    url = served[1]
+    for address, protocol in ((url, "grpc"), (served[2], "http")):
+        with pytest.raises(AsenError, match=r"model asen_onnx has no version 7 \(served: 1, 2\)"):
+            TritonEncoder(address, "asen", protocol, model_version="7")
     with pytest.raises(AsenError, match="model nope is not ready"):
         TritonEncoder(url, "nope")
     with pytest.raises(AsenError, match="--send-bytes goes through the ensemble"):
