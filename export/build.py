@@ -234,7 +234,7 @@ def _build_plans(new: Path, paths: dict, verifier: _Verifier, opts: Options, rep
 
 def _stage(
     stage: staging.Staging, verifier: _Verifier, opts: Options, calibration, report: Report
-) -> None:
+) -> set[Path]:
     """Everything of the export, written into `stage.new`."""
     model, info = verifier.reference.model, verifier.reference.info
     source = (
@@ -256,9 +256,12 @@ def _stage(
         precisions=list(opts.precisions),
         deployment=opts.deployment,
     )
-    version = versions.install(stage.repo, stage.new, opts.name, opts.model_versions, report)
+    version, carried = versions.install(
+        stage.repo, stage.new, opts.name, opts.model_versions, report
+    )
     report(f"model version {version}")
     staging.fault_point("configs")
+    return carried  # earlier versions, kept: not written by this export
 
 
 def _sha256(path: Path) -> str:
@@ -323,13 +326,14 @@ def export_model(
         with staging.Staging(repo) as stage:
             try:
                 staging.fault_point("staging")
-                _stage(stage, verifier, opts, calibration, report)
+                carried = _stage(stage, verifier, opts, calibration, report)
             except OSError as e:
                 raise AsenError(
                     f"{repo}: cannot stage the export ({e.strerror or e}); "
                     "the repository is unchanged"
                 ) from None
-            written = sorted(p.relative_to(stage.new) for p in stage.new.rglob("*") if p.is_file())
+            staged = {p.relative_to(stage.new) for p in stage.new.rglob("*") if p.is_file()}
+            written = sorted(staged - carried)
             removed = stage.switch(layout.owned_models(opts.name))
     except BaseException:
         _remove_created(created)

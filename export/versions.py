@@ -224,11 +224,13 @@ def _ensemble_steps(folder: Path) -> list[str]:
     return [s.model_name for s in read_config(folder / CONFIG).ensemble_scheduling.step]
 
 
-def install(repo: Path, new: Path, name: str, request: VersionRequest, report: Report) -> int:
+def install(
+    repo: Path, new: Path, name: str, request: VersionRequest, report: Report
+) -> tuple[int, set[Path]]:
     """Turn the staged export (every model at version 1) into the repository's next state:
     the encoder models at the requested version beside their kept versions, the models of
     an earlier export that still have versions carried over, a record in every folder.
-    Returns the version written."""
+    Returns the version written and the files carried over (paths relative to `new`)."""
     version = request.number(repo, name)
     encoders = set(versioned_models(name))
     versions: dict[str, list[int]] = {}
@@ -237,6 +239,7 @@ def install(repo: Path, new: Path, name: str, request: VersionRequest, report: R
             versions[model] = _place_new(repo, new, model, version, request.keep)
         else:
             versions[model] = [int(layout.VERSION)]
+    written_here = set(versions)
     for model in sorted(encoders - set(versions)):
         if (repo / model).is_dir() and (
             kept := _carry_model(repo, new, model, version, request.keep)
@@ -254,4 +257,16 @@ def install(repo: Path, new: Path, name: str, request: VersionRequest, report: R
         latest = max(version_folders(new / model))  # versions asen did not write count too
         if model in encoders and latest > version:
             report(f"note: {model} version {latest} stays the latest (served by default)")
-    return version
+    carried = {
+        p.relative_to(new)
+        for p in new.rglob("*")
+        if p.is_file()
+        and p.name != MANIFEST
+        and (p.relative_to(new).parts[0] not in written_here or _same(p, repo / p.relative_to(new)))
+    }
+    return version, carried
+
+
+def _same(path: Path, other: Path) -> bool:
+    """Whether `other` exists and is the same file (a hard link carried over)."""
+    return other.is_file() and os.path.samefile(path, other)

@@ -31,7 +31,13 @@ def test_next_version_joins_the_kept_ones(repos, tmp_path) -> None:
     shutil.copytree(repos[2], repo)
     new = staged(repos[2], tmp_path)
     lines = []
-    assert install(repo, new, "asen", VersionRequest("next"), lines.append) == 2
+    version, carried = install(repo, new, "asen", VersionRequest("next"), lines.append)
+    assert version == 2
+    assert {p.as_posix() for p in carried if p.parts[0] == "asen_onnx"} == {
+        "asen_onnx/1/model.json",
+        "asen_onnx/1/model.onnx",
+        "asen_onnx/1/model.py",
+    }
     assert version_folders(new / "asen_onnx") == [1, 2]
     assert version_folders(new / "asen") == [1]  # the ensemble runs the latest encoder
     old, carried = repo / "asen_onnx/1/model.onnx", new / "asen_onnx/1/model.onnx"
@@ -52,7 +58,7 @@ def test_a_version_that_does_not_fit_is_refused(repos, tmp_path) -> None:
     with pytest.raises(AsenError, match="asen_onnx: version 2 does not fit versions 1"):
         install(repo, new, "asen", VersionRequest("next"), print)
     new = staged(repos[1], tmp_path / "again")
-    assert install(repo, new, "asen", VersionRequest("next", keep=1), print) == 2
+    assert install(repo, new, "asen", VersionRequest("next", keep=1), print) == (2, set())
     assert version_folders(new / "asen_onnx") == [2]
 
 
@@ -80,6 +86,8 @@ def test_versions_pruning_and_edited_configs(checkpoints, tmp_path) -> None:
     assert export(checkpoints[1], repo)[0] == 0
     code, out = export(checkpoints[1], repo, "--model-version", "next")
     assert code == 0 and "model version 2" in out, out
+    assert f"wrote {repo / 'asen_onnx/2/model.onnx'}" in out
+    assert "asen_onnx/1/" not in out  # carried over, not written
     assert version_folders(repo / "asen_onnx") == [1, 2]
     foreign = repo / "asen_onnx/7"  # a version asen did not write: never pruned
     shutil.copytree(repo / "asen_onnx/1", foreign)
