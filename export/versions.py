@@ -195,14 +195,17 @@ def _place_new(repo: Path, new: Path, model: str, version: int, keep: int | None
     return sorted([*kept, version])
 
 
-def _carry_model(repo: Path, new: Path, model: str, version: int, keep: int | None) -> list[int]:
+def _carry_model(
+    repo: Path, new: Path, model: str, version: int, keep: int | None
+) -> list[int] | None:
     """A model of the repository this export does not write: its other versions stay (with
-    its config) while any remain; returns them (none: the model goes, as before)."""
+    its config) while any remain, and so do versions asen did not write; returns the kept
+    versions asen wrote (None: the model goes, as before)."""
     old = repo / model
     kept = [v for v in asen_versions(old) if v != version]  # version N: the export replaced
     kept = kept[len(kept) - (keep - 1) :] if keep is not None else kept  # the new export: one
-    if not kept:
-        return []
+    if not kept and set(version_folders(old)) <= set(asen_versions(old)):
+        return None
     shutil.copytree(old, new / model, ignore=lambda d, names: [n for n in names if n.isdigit()])
     _carry(old, new / model, kept)
     return kept
@@ -241,10 +244,10 @@ def install(
             versions[model] = [int(layout.VERSION)]
     written_here = set(versions)
     for model in sorted(encoders - set(versions)):
-        if (repo / model).is_dir() and (
-            kept := _carry_model(repo, new, model, version, request.keep)
-        ):
-            versions[model] = kept
+        if (repo / model).is_dir():
+            kept = _carry_model(repo, new, model, version, request.keep)
+            if kept is not None:
+                versions[model] = kept
     for model in layout.owned_models(name):  # an earlier ensemble whose models all stay
         folder = repo / model
         if model not in versions and (folder / CONFIG).is_file():
@@ -254,7 +257,7 @@ def install(
                 versions[model] = [int(layout.VERSION)]
     for model, numbers in versions.items():
         _write_manifest(new / model, numbers)
-        latest = max(version_folders(new / model))  # versions asen did not write count too
+        latest = max(version_folders(new / model), default=0)  # asen's or not
         if model in encoders and latest > version:
             report(f"note: {model} version {latest} stays the latest (served by default)")
     carried = {

@@ -107,3 +107,17 @@ def test_versions_pruning_and_edited_configs(checkpoints, tmp_path) -> None:
     code, out = export(checkpoints[1], repo, "--overwrite-edited", "--instances", "4")
     assert code == 0 and f"replacing {config}, edited since asen generated it" in out
     assert "count: 4" in config.read_text()
+
+
+def test_versions_asen_did_not_write_are_never_removed(repos, tmp_path) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(repos[2], repo)
+    shutil.copytree(repo / "asen_onnx", repo / "asen_onnx_fp16")  # as an fp16 export left it
+    (repo / "asen_onnx_fp16/5").mkdir()
+    (repo / "asen_onnx_fp16/5/mine.txt").write_text("a user's version")
+    new = staged(repos[2], tmp_path)  # an fp32 export: replaces version 1 of the set
+    version, carried = install(repo, new, "asen", VersionRequest(), print)
+    assert version_folders(new / "asen_onnx_fp16") == [5]  # its version 1 went, 5 stays
+    assert (new / "asen_onnx_fp16/5/mine.txt").read_text() == "a user's version"
+    assert json.loads((new / "asen_onnx_fp16" / MANIFEST).read_text())["versions"] == []
+    assert "asen_onnx_fp16/5/mine.txt" in {p.as_posix() for p in carried}
