@@ -68,9 +68,11 @@ def main() -> None:
             time_budget_min=args.budget,
             resume=(run / "last.pt").exists(),
         )
-        encoder = TorchEncoder.from_checkpoint(run / "best.pt", "cpu", cfg.train.eval_batch_size)
+        encoder = TorchEncoder.from_checkpoint(
+            run / "best.pt", "cpu", batch_size=cfg.train.eval_batch_size
+        )
         out[f"stage{stage}"] = {
-            **figures(evaluate(encoder, dataset, "test", cfg.train.eval_batch_size)),
+            **figures(evaluate(encoder, dataset, "test", batch_size=cfg.train.eval_batch_size)),
             "train_minutes": round((time.monotonic() - t0) / 60, 2),
             "epochs": len(result.records),
             "best_val_map": round(result.best_val_map, 4),
