@@ -4,6 +4,7 @@ no temporary file behind (the temporary is removed on any exception)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -88,3 +89,13 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
             stale.unlink(missing_ok=True)
             removed.append(stale)
     return removed
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks (what asen records to identify
+    a checkpoint, an artifact or a generated config)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -140,6 +140,24 @@ def resolve_path(name: str) -> Path:
     return packaged
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file's top-level mapping ({} for an empty file); an unreadable, non-UTF-8,
+    invalid or non-mapping file is one line naming it."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise AsenError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise AsenError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise AsenError(f"{path}: invalid YAML ({e})".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AsenError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
 def _merge(base: dict, update: dict, schema: type, source: str, prefix: str = "") -> None:
     """Merge `update` into `base` in place, rejecting keys `schema` does not have."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
@@ -220,11 +238,7 @@ def load_config(
     source = "defaults"
     for name in names:
         path = resolve_path(name)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise AsenError(f"{path}: invalid YAML ({e})".replace("\n", " ")) from e
-        _merge(raw, data, Config, str(path))
+        _merge(raw, read_yaml_mapping(path), Config, str(path))
         source = str(path)
     for item in overrides:
         key, sep, text = item.partition("=")

@@ -11,7 +11,6 @@ repository as it was.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ import torch
 
 import asen
 from asen import AsenError
+from asen.atomic import file_sha256
 from asen.checkpoint import load_model
 from asen.data.splits import open_dataset
 from asen.encoders import Encoder, TorchEncoder
@@ -264,14 +264,6 @@ def _stage(
     return carried  # earlier versions, kept: not written by this export
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _remove_created(created: list[Path]) -> None:
     """Remove the folders this export created, when nothing was installed in them."""
     if created and not any(p.is_file() for p in created[-1].rglob("*")):
@@ -318,7 +310,7 @@ def export_model(
     model, ckpt = load_model(checkpoint, "cpu")
     info = ModelInfo.from_checkpoint(ckpt)
     reference = TorchEncoder(model, info, torch.device("cpu"), source=str(checkpoint))
-    opts = replace(opts, checkpoint_sha256=_sha256(Path(checkpoint)))
+    opts = replace(opts, checkpoint_sha256=file_sha256(Path(checkpoint)))
     calibration = calibration_set(opts.calibrate, info) if "int8" in opts.precisions else None
     verifier = _Verifier(reference, opts.verify_root, report)
     created = _open_repository(repo, report)

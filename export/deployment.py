@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from asen import AsenError
+from asen.config import read_yaml_mapping
 
 KINDS = ("cpu", "gpu")
 DEFAULT_PREFERRED = (8, 16, 32)  # kept where at most the max batch
@@ -63,15 +62,7 @@ class DeploymentOptions:
 
     @staticmethod
     def _read_yaml(path: Path) -> dict[str, Any]:
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except OSError as e:
-            raise AsenError(f"--config {path}: cannot read ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise AsenError(f"{path}: invalid YAML ({e})".replace("\n", " ")) from None
-        data = {} if data is None else data
-        if not isinstance(data, dict):
-            raise AsenError(f"{path}: expected a mapping of deployment options")
+        data = read_yaml_mapping(path)
         known = [f.name for f in dataclasses.fields(DeploymentOptions)]
         for key in data:
             if key not in known:

@@ -20,7 +20,6 @@ again and must match), and the model refuses to load when the repository's encod
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -31,7 +30,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from asen import AsenError
-from asen.atomic import atomic_write_bytes, atomic_write_text
+from asen.atomic import atomic_write_bytes, atomic_write_text, file_sha256
 from asen.evaluate import EmbeddedSplit
 from asen.search import SearchIndex
 from export import layout
@@ -47,14 +46,6 @@ PROBES = 8  # gallery images embedded again to check which encoder made the gall
 PROBE_MIN_COSINE = {"fp32": 0.999}  # any lower precision: PROBE_MIN_COSINE_LOW
 PROBE_MIN_COSINE_LOW = 0.99
 IDENTITY_KEYS = ("model", "precision", "checkpoint_sha256", "artifact_sha256")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def encoder_artifact(repo: Path, encoder: str) -> Path:
@@ -88,7 +79,7 @@ def encoder_identity(repo: Path, encoder: str) -> dict[str, str | None]:
         "model": encoder,
         "precision": meta.get("precision", "fp32"),
         "checkpoint_sha256": meta.get("checkpoint_sha256"),
-        "artifact_sha256": _sha256(artifact),
+        "artifact_sha256": file_sha256(artifact),
         "attribute_names": meta.get("attribute_names"),
         "embedding_dim": meta.get("embedding_dim"),
         "max_batch": meta.get("max_batch"),

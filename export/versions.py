@@ -16,7 +16,6 @@ which file (`--overwrite-edited` replaces it).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -26,16 +25,12 @@ from pathlib import Path
 
 import asen
 from asen import AsenError
-from asen.atomic import atomic_write_text
+from asen.atomic import atomic_write_text, file_sha256
 from export import layout
 from export.repository import CONFIG, read_config
 
 MANIFEST = "generated.json"
 Report = Callable[[str], None]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def versioned_models(name: str) -> list[str]:
@@ -120,7 +115,7 @@ def edited_configs(folder: Path) -> list[Path]:
     out = []
     for path in configs:
         rel = path.relative_to(folder).as_posix()
-        if path.is_file() and manifest["files"].get(rel) != _sha256(path):
+        if path.is_file() and manifest["files"].get(rel) != file_sha256(path):
             out.append(path)
     return out
 
@@ -216,7 +211,7 @@ def _write_manifest(folder: Path, versions: list[int]) -> None:
     carried over keeps its earlier record, so an edit there stays visible) and versions."""
     earlier = read_manifest(folder)
     configs = [folder / CONFIG, *sorted((folder / "configs").glob("*.pbtxt"))]
-    files = {p.relative_to(folder).as_posix(): _sha256(p) for p in configs if p.is_file()}
+    files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in configs if p.is_file()}
     files = earlier["files"] if earlier else files
     record = {"generated_by": f"asen {asen.__version__}", "files": files, "versions": versions}
     atomic_write_text(folder / MANIFEST, json.dumps(record, indent=2) + "\n")

@@ -98,7 +98,7 @@ def test_configs_carry_the_options(repos, tmp_path) -> None:
         (["--max-queue-delay-us", "-1"], "--max-queue-delay-us -1: expected an integer"),
         (["--keep", "0"], "--keep 0: keep at least 1 version"),
         (["--model-version", "v2"], "--model-version v2: expected a version number"),
-        (["--config", "missing.yaml"], "--config missing.yaml: cannot read"),
+        (["--config", "missing.yaml"], "missing.yaml: cannot read"),
     ],
 )
 def test_cli_mistakes_are_one_line(checkpoints, tmp_path, args, message) -> None:
