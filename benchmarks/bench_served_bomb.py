@@ -1,0 +1,97 @@
+"""Peak memory of the served preprocessing for a decompression-bomb-shaped image.
+
+A 40000 x 1 PNG is about 200 bytes; a preprocessor that scales the short side to S before
+cropping would allocate gigabytes. This starts the bundled tritonserver on a randomly
+initialised `small` model, reads the peak resident memory (VmHWM) of the `asen_preprocess`
+Python-backend stubs, sends ordinary images and then the thin PNGs through the `asen`
+ensemble (encoded bytes, as a network client would), and reads it again. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from asen.checkpoint import atomic_save, make_checkpoint
+from asen.config import AttributeSpec, load_config
+from asen.data.synthetic import DEFAULT_ATTRIBUTES
+from asen.model.asen import ASENPP
+from client.server import free_port, start_server
+from client.triton import TritonEncoder
+from export.build import export_model
+
+
+def png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 120, 40)).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def preprocess_stubs() -> list[int]:
+    """Pids of the Python-backend stubs serving `asen_preprocess`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if "triton_python_backend_stub" in cmd and "asen_preprocess" in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def main() -> None:
+    attributes = [AttributeSpec(n, v) for n, v in DEFAULT_ATTRIBUTES.items()]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(["small"])
+        torch.manual_seed(0)
+        model = ASENPP(cfg.model, len(attributes), 2)
+        ckpt = Path(tmp) / "model.pt"
+        atomic_save(make_checkpoint(model, cfg, attributes), ckpt)
+        export_model(ckpt, Path(tmp) / "models", max_batch=8)
+        ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+        with start_server(Path(tmp) / "models", **ports) as server:
+            url = f"127.0.0.1:{ports['grpc_port']}"
+            encoder = TritonEncoder(url, "asen", send_bytes=True, batch_size=1)
+            normal = [png(640, 480)] * 4
+            encoder.encode_bytes(normal, np.zeros(4, np.int64))  # warm: plugins loaded
+            stubs = preprocess_stubs()
+            before = {p: status_kib(p, "VmHWM") for p in stubs}
+            thin = [png(40000, 1), png(1, 40000)] * 2
+            emb, ok = encoder.encode_bytes(thin, np.zeros(len(thin), np.int64))
+            after = {p: status_kib(p, "VmHWM") for p in stubs}
+            encoder.close()
+            print(
+                json.dumps(
+                    {
+                        "server": server.grpc_url,
+                        "thin_png_bytes": [len(b) for b in thin],
+                        "encoded": int(ok.sum()),
+                        "embedding_dim": int(emb.shape[1]),
+                        "preprocess_stubs": len(stubs),
+                        "peak_kib_before": before,
+                        "peak_kib_after": after,
+                        "max_peak_growth_mib": round(
+                            max(after[p] - before[p] for p in stubs) / 1024, 2
+                        ),
+                    },
+                    indent=2,
+                )
+            )
+
+
+if __name__ == "__main__":
+    main()
