@@ -180,6 +180,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_ports(host: str = "127.0.0.1") -> dict[str, int]:
+    """Free HTTP, gRPC and metrics ports, as `launch`/`start_server` keyword arguments."""
+    return {name: free_port(host) for name in ("http_port", "grpc_port", "metrics_port")}
+
+
 @dataclass
 class Choice:
     """How one model of the repository is served, or why it is not (`config` None)."""

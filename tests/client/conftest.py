@@ -11,21 +11,17 @@ from asen.checkpoint import atomic_save, make_checkpoint
 from asen.config import AttributeSpec, load_config
 from asen.data.synthetic import DEFAULT_ATTRIBUTES, generate
 from asen.model.asen import ASENPP
-from client.server import ServerHandle, free_port, start_server
+from client.server import ServerHandle, free_ports, start_server
 from export.build import export_model
 
 ATTRIBUTES = [AttributeSpec(n, v) for n, v in DEFAULT_ATTRIBUTES.items()]
 MAX_BATCH = 8  # small, so that a gallery is split into several requests
 
 
-def _ports() -> dict[str, int]:
-    return {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
-
-
 @pytest.fixture
 def ports() -> dict[str, int]:
     """Free HTTP, gRPC and metrics ports, as `start_server` keyword arguments."""
-    return _ports()
+    return free_ports()
 
 
 @pytest.fixture(scope="session")
@@ -61,5 +57,5 @@ def synth(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(repo, tmp_path_factory) -> ServerHandle:
     log = tmp_path_factory.mktemp("log") / "tritonserver.log"
-    with start_server(repo, log_file=log, **_ports()) as handle:
+    with start_server(repo, log_file=log, **free_ports()) as handle:
         yield handle

@@ -4,11 +4,14 @@ images indexed too, so that a query finds itself first), built through the CLI."
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from cli import app
+from client.server import free_ports, start_server
 
 runner = CliRunner()
 
@@ -54,3 +57,12 @@ def build_search_repo(repo: Path, synth: Path, root: Path, *, ivf: bool = False)
         *flags,
     )
     return {"repo": models, "gallery": gallery, "index": index, "data": synth}
+
+
+@contextmanager
+def serving_search_repo(repo: Path, synth: Path, root: Path) -> Iterator[dict]:
+    """`build_search_repo`, then a real tritonserver on it for the with-block; yields the
+    paths and the server handle (`server`)."""
+    built = build_search_repo(repo, synth, root)
+    with start_server(built["repo"], log_file=root / "triton.log", **free_ports()) as handle:
+        yield {**built, "server": handle}

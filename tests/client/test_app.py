@@ -15,23 +15,17 @@ from markupsafe import escape
 from starlette.testclient import TestClient
 
 from client.app import Settings, create_app
-from client.server import free_port, start_server
-from tests.client.search_world import build_search_repo
+from client.server import free_port
+from tests.client.search_world import serving_search_repo
 
 CHROMIUM = shutil.which("chromium")
 LIMIT = 256 * 1024  # a small upload limit for the tests
 
 
-def _ports() -> dict[str, int]:
-    return {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
-
-
 @pytest.fixture(scope="module")
 def world(repo, synth, tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("app")
-    built = build_search_repo(repo, synth, root)
-    with start_server(built["repo"], log_file=root / "triton.log", **_ports()) as handle:
-        yield {**built, "server": handle}
+    with serving_search_repo(repo, synth, tmp_path_factory.mktemp("app")) as world:
+        yield world
 
 
 @pytest.fixture(scope="module")
@@ -189,9 +183,9 @@ def test_page_in_headless_chromium(world, tmp_path) -> None:
             assert hits.count() == 8
             assert hits.first.get_attribute("data-key") == str(query.relative_to(world["data"]))
             assert "same sleeve_length" in page.inner_text("#title")
-            broken = page.evaluate(
-                "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length"
-            )
+            # wait until every image has finished loading (or failed), then count the broken
+            page.wait_for_function("[...document.images].every(i => i.complete)")
+            broken = page.evaluate("[...document.images].filter(i => i.naturalWidth === 0).length")
             assert broken == 0
             page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
             browser.close()

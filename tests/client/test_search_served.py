@@ -17,22 +17,16 @@ from asen import AsenError
 from asen.data.splits import open_dataset
 from asen.search import SearchIndex, query
 from client.search import ServedSearch
-from client.server import free_port, start_server
+from client.server import free_port, free_ports, start_server
 from export.encoders import OnnxEncoder
 from export.search_model import INDEX_DIR, SEARCH_MODEL
-from tests.client.search_world import build_search_repo, invoke
-
-
-def _ports() -> dict[str, int]:
-    return {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+from tests.client.search_world import invoke, serving_search_repo
 
 
 @pytest.fixture(scope="module")
 def world(repo, synth, tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("served")
-    built = build_search_repo(repo, synth, root)
-    with start_server(built["repo"], log_file=root / "triton.log", **_ports()) as handle:
-        yield {**built, "server": handle}
+    with serving_search_repo(repo, synth, tmp_path_factory.mktemp("served")) as world:
+        yield world
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +172,7 @@ def test_gallery_of_another_encoder_is_refused_at_load(world, tmp_path) -> None:
             data["encoder"][key] = "0" * 64
     manifest.write_text(json.dumps(data))
     with pytest.raises(AsenError) as info:
-        with start_server(models, log_file=tmp_path / "log", timeout=60, **_ports()):
+        with start_server(models, log_file=tmp_path / "log", timeout=60, **free_ports()):
             pass
     line = str(info.value)
     assert "model asen_search failed to load" in line
