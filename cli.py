@@ -20,6 +20,7 @@ from rich.table import Table
 
 import asen
 from asen import AsenError
+from asen.config import TRAIN_PRECISIONS
 
 if TYPE_CHECKING:
     from asen.encoders import Encoder
@@ -205,12 +206,8 @@ def data_synth(
     )
 
 
-class Precision(str, Enum):
-    """Training precision: auto picks bf16 where the hardware computes it natively."""
-
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
+# Training precision (asen.config.TRAIN_PRECISIONS): auto picks bf16 where it is native.
+Precision = Enum("Precision", {p: p for p in TRAIN_PRECISIONS}, type=str)
 
 
 def _train_callbacks(progress: Progress, stage: int):
@@ -259,7 +256,7 @@ def train_cmd(
     init: Annotated[
         Path | None, typer.Option(help="Checkpoint to initialise from (stage 1 for stage 2).")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override train.epochs.")] = None,
     time_budget: Annotated[
         float | None, typer.Option(help="Minutes; stop cleanly after the step that crosses it.")
     ] = None,

@@ -58,9 +58,17 @@ def check_attributes(attributes: list[AttributeSpec], source: str) -> None:
         seen.add(a.name)
 
 
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+
+
 def _range(default: Any, low: float, high: float | None = None, *, strict: bool = False):
     """A field whose value must be >= low (> low when `strict`) and <= high."""
     return field(default=default, metadata={"range": (low, high, strict)})
+
+
+def _choice(default: str, choices: tuple[str, ...]):
+    """A field whose value must be one of `choices`."""
+    return field(default=default, metadata={"choices": choices})
 
 
 @dataclass
@@ -98,7 +106,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 50
+    epochs: int = _range(50, 1)
     triplets_per_epoch: int = _range(100_000, 1)
     batch_size: int = _range(16, 1)
     lr: float = _range(
@@ -112,8 +120,8 @@ class TrainConfig:
     align_weight: float = _range(0.1, 0.0)
     eval_batch_size: int = _range(64, 1)
     seed: int = _range(0, 0)
-    micro_batch: int = 0  # images a forward pass; 0: per device (CPU 16, CUDA the whole step)
-    precision: str = "auto"  # auto (bf16 where native), fp32 or bf16; validation is fp32
+    micro_batch: int = _range(0, 0)  # images a pass; 0: per device (CPU 16, CUDA all at once)
+    precision: str = _choice("auto", TRAIN_PRECISIONS)  # auto: bf16 where native; eval fp32
 
 
 @dataclass
@@ -212,12 +220,16 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
             pass
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise AsenError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
-    _check_range(value, f, key, source)
+    _check_declared(value, f, key, source)
     return value
 
 
-def _check_range(value: Any, f: dataclasses.Field, key: str, source: str) -> None:
-    """The bounds a field declares with `_range`, as one line naming the key."""
+def _check_declared(value: Any, f: dataclasses.Field, key: str, source: str) -> None:
+    """The bounds (`_range`) or choices (`_choice`) a field declares, as one line naming
+    the key."""
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        choices = ", ".join(f.metadata["choices"])
+        raise AsenError(f"{source}: {key} must be one of {choices}, got {value!r}")
     if "range" not in f.metadata:
         return
     low, high, strict = f.metadata["range"]
@@ -228,6 +240,15 @@ def _check_range(value: Any, f: dataclasses.Field, key: str, source: str) -> Non
         )
     if high is not None and value > high:
         raise AsenError(f"{source}: {key} must be at most {high}, got {value!r}")
+
+
+def check_declared(cfg: Config, source: str) -> None:
+    """Every field of `cfg` against its declared bounds and choices: for a Config built or
+    changed in code (files and --set are checked as they are read)."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            _check_declared(getattr(values, f.name), f, f"{section.name}.{f.name}", source)
 
 
 def load_config(

@@ -18,6 +18,7 @@ from asen.model.shape import ModelInfo
 from asen.training import setup as run_setup
 from asen.training.checkpoints import save_run
 from asen.training.epoch import EpochTally, epoch_loader, train_epoch, validate
+from asen.training.heap import keep_freed_memory
 from asen.training.records import make_record
 from asen.training.run_folder import RunFolder
 from asen.training.setup import TrainingData, TrainState
@@ -60,6 +61,8 @@ def _step_setup(state: TrainState) -> StepSetup:
     """The forward (micro-batched, under DDP when several processes train), optimizer,
     device and precision every step uses."""
     dev = next(state.model.parameters()).device
+    if dev.type == "cpu":
+        keep_freed_memory()
     t = state.cfg.train
     forward = MicroBatches(state.model, resolve_micro_batch(t.micro_batch, dev))
     if distributed.world_size() > 1:

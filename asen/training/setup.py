@@ -14,7 +14,7 @@ import torch
 
 from asen import AsenError
 from asen.checkpoint import checkpoint_attributes, load_checkpoint
-from asen.config import AttributeSpec, Config, config_from_dict
+from asen.config import AttributeSpec, Config, check_declared, config_from_dict
 from asen.data.datasets import TripletSampler
 from asen.data.splits import SplitDataset, open_dataset
 from asen.evaluate import num_pairs
@@ -22,7 +22,6 @@ from asen.model.asen import ASENPP
 from asen.training.run_folder import RunFolder
 
 RESUMABLE = ("train.epochs", "data.workers", "data.skip_bad_images")  # may change on --resume
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _flat(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -71,28 +70,11 @@ def resolve_config(
 
 
 def check_config(cfg: Config, world: int) -> None:
-    """Training settings no run can use, each one line naming the field."""
+    """Training settings no run can use, each one line naming the field: the declared
+    bounds and choices (again: resume changes and code-built configs skip the readers'
+    checks) and the split of a step over `world` processes."""
+    check_declared(cfg, "training config")
     t = cfg.train
-    for key, value in (
-        ("train.epochs", t.epochs),
-        ("train.batch_size", t.batch_size),
-        ("train.triplets_per_epoch", t.triplets_per_epoch),
-        ("train.eval_batch_size", t.eval_batch_size),
-        ("train.lr_step", t.lr_step),
-    ):
-        if value < 1:
-            option = " (--epochs)" if key == "train.epochs" else ""
-            raise AsenError(f"{key}{option} must be at least 1, got {value}")
-    if t.micro_batch < 0:
-        raise AsenError(
-            f"train.micro_batch must be 0 (per device) or a count of images, got {t.micro_batch}"
-        )
-    if t.precision not in PRECISIONS:
-        raise AsenError(
-            f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}"
-        )
-    if cfg.data.workers < 0:
-        raise AsenError(f"data.workers must be 0 or more, got {cfg.data.workers}")
     for key, value in (("batch_size", t.batch_size), ("triplets_per_epoch", t.triplets_per_epoch)):
         if value % world:
             raise AsenError(

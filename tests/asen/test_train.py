@@ -264,14 +264,27 @@ def test_resume_refuses_init(cfg, tmp_path) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("train.epochs", 0, r"train\.epochs must be at least 1, got 0"),
+        ("train.precision", "fp16", "train.precision must be one of auto, fp32, bf16, got 'fp16'"),
+        ("train.micro_batch", -1, r"train\.micro_batch must be at least 0, got -1"),
+        ("data.workers", -2, r"data\.workers must be at least 0, got -2"),
+        ("train.lr_gamma", 1.5, r"train\.lr_gamma must be at most 1\.0, got 1\.5"),
+    ],
+)
+def test_declared_bounds_checked_in_files_and_in_code(key, value, message) -> None:
+    with pytest.raises(AsenError, match=f"^--set {key}: {message}$"):
+        load_config(["small"], [f"{key}={value}"])
+    built = load_config(["small"])  # a Config changed in code, as --resume's changes are
+    section, name = key.split(".")
+    setattr(getattr(built, section), name, value)
+    with pytest.raises(AsenError, match=f"^training config: {message}$"):
+        check_config(built, 1)
+
+
 def test_check_config_one_line_per_field(cfg) -> None:
-    bad = load_config(["small"], ["train.epochs=0"])
-    with pytest.raises(AsenError, match=r"train\.epochs \(--epochs\) must be at least 1, got 0"):
-        check_config(bad, 1)
-    with pytest.raises(AsenError, match="train.precision must be one of auto, fp32, bf16"):
-        check_config(load_config(["small"], ["train.precision=fp16"]), 1)
-    with pytest.raises(AsenError, match="train.micro_batch"):
-        check_config(load_config(["small"], ["train.micro_batch=-1"]), 1)
     with pytest.raises(AsenError, match=r"divisible by the number of processes \(3\)"):
         check_config(cfg, 3)
 

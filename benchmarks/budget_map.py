@@ -1,0 +1,87 @@
+"""The demo's time-budgeted training, this tree against an earlier revision: the same
+synthetic dataset, `asen train -c small --time-budget B` for stage 1 and then stage 2
+(initialised from stage 1's best checkpoint), and the test mAP of stage 2's best
+checkpoint. The revision defaults to ceda30f, the tree #13 measured as "today" (fp32,
+one pass of 48 images, contiguous weights, the old crop rule).
+
+Each variant runs in turn, alone, through its own tree's CLI (a `git worktree` of the
+revision, the same virtual environment). Prints one JSON object: per variant and stage
+the steps, triplets seen, median triplets/s of the epochs, and the test mAP.
+A full run is 4 x BUDGET minutes plus evaluation (about 45 minutes at the demo's 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+RUN_CLI = "import sys; sys.argv[0] = 'asen'; import cli; cli.main()"
+
+
+def _asen(tree: Path, *args: str) -> None:
+    """One `asen` command of `tree` (its own packages first on the path)."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run([sys.executable, "-c", RUN_CLI, *args], cwd=tree, env=env, check=True)
+
+
+def _records(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "triplets_per_s" in r]
+
+
+def _variant(tree: Path, data: Path, work: Path, budget: float) -> dict:
+    """Both stages under the budget, then the test mAP of stage 2's best checkpoint."""
+    out: dict = {}
+    for stage in (1, 2):
+        run = work / f"stage{stage}"
+        init = ["--init", str(work / "stage1" / "best.pt")] if stage == 2 else []
+        _asen(tree, "train", "--data", str(data), "-c", "small", "--stage", str(stage),
+              *init, "--time-budget", str(budget), "--out", str(run))  # fmt: skip
+        records = _records(run)
+        out[f"stage{stage}"] = {
+            "epochs": len(records),
+            "steps": sum(r.get("steps", 0) for r in records),
+            "median_triplets_per_s": round(
+                statistics.median(r["triplets_per_s"] for r in records), 1
+            ),
+        }
+    result = work / "eval.json"
+    _asen(tree, "eval", str(work / "stage2" / "best.pt"), "--data", str(data),
+          "--json", str(result))  # fmt: skip
+    figures = json.loads(result.read_text())
+    out["test_map"] = figures.get("overall_map", figures.get("map"))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--budget", type=float, default=10.0, help="minutes a stage")
+    parser.add_argument("--revision", default="ceda30f", help="the earlier tree")
+    parser.add_argument("--work", type=Path, default=None, help="keep the runs here")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="asen-budget-"))
+    old = work / "old-tree"
+    if not old.exists():
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(old), args.revision], cwd=HERE, check=True
+        )
+    data = work / "data"
+    if not (data / "dataset.yaml").is_file():
+        _asen(HERE, "data", "synth", str(data))
+    result: dict = {"benchmark": "budget_map", "budget_min": args.budget, "load_avg": []}
+    for name, tree in (("revision " + args.revision, old), ("this tree", HERE)):
+        result["load_avg"].append(os.getloadavg())
+        result[name] = _variant(tree, data, work / name.replace(" ", "-"), args.budget)
+    result["load_avg"].append(os.getloadavg())
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
