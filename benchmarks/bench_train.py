@@ -11,6 +11,13 @@ random weights, stage 1 and stage 2. Modes, timed interleaved (one step of each 
 - bf16_channels_last: as channels_last under bf16 autocast (the default on a CPU with
   native BF16; fp32 channels_last is the default elsewhere).
 
+Floor (--floor): the backbones alone (torchvision ResNet-50, and ResNet-34 in stage 2,
+truncated after layer3), fp32, contiguous, three passes of 16, forward, a plain loss,
+backward and Adam: what the reference's network costs on this machine in the same run,
+without the attention, crop, losses or input handling.
+
+On CPU the process keeps freed memory as `asen train` does (asen.training.heap).
+
 Loop (--loop): `asen.train.train` on a generated synthetic dataset with DataLoader workers
 decoding, timed by its own record (triplets/s over the epoch's steps, seconds waiting for
 data), beside the step alone in the default mode at the same size.
@@ -22,17 +29,21 @@ figures (its own training loop on the same 2-core CPU) for the paper size.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from asen.config import load_config
 from asen.model.asen import ASENPP
+from asen.model.backbones import create_backbone
+from asen.training.heap import keep_freed_memory
 from asen.training.setup import param_groups
 from asen.training.step import (
     CPU_MICRO_BATCH,
@@ -80,14 +91,48 @@ def _timed(setup: StepSetup, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
     return time.perf_counter() - t0
 
 
-def step_modes(size: str, stage: int, *, steps: int, device: torch.device) -> dict:
+def _floor(size: str, stage: int, device: torch.device) -> Callable[[], float]:
+    """A timed step of the bare backbones (fp32, contiguous, micro-batches of 16)."""
+    m = load_config(SIZES[size]).model
+    torch.manual_seed(0)
+    nets = [(create_backbone(m.global_backbone)[0], m.image_size)]
+    if stage == 2:
+        nets.append((create_backbone(m.local_backbone)[0], m.local_size))
+    nets = [(net.to(device).train(), side) for net, side in nets]
+    optimizer = torch.optim.Adam([p for net, _ in nets for p in net.parameters()])
+    inputs = [torch.randn(3 * TRIPLETS, 3, side, side, device=device) for _, side in nets]
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        loss = sum(
+            net(part).mean((2, 3)).pow(2).mean()
+            for (net, _), x in zip(nets, inputs, strict=True)
+            for part in x.split(CPU_MICRO_BATCH)
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    return step
+
+
+def step_modes(
+    size: str, stage: int, *, steps: int, device: torch.device, floor: bool = False
+) -> dict:
     """Median step seconds of every mode, timed in turn (the first round warms up)."""
-    setups = {mode: _setup(size, stage, mode, device) for mode in MODES}
     batch = _batch(size, device)
-    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    timers: dict[str, Callable[[], float]] = {
+        mode: functools.partial(_timed, _setup(size, stage, mode, device), batch) for mode in MODES
+    }
+    if floor:
+        timers["backbones_only_fp32_micro"] = _floor(size, stage, device)
+    times: dict[str, list[float]] = {mode: [] for mode in timers}
     for _ in range(steps + 1):
-        for mode, setup in setups.items():
-            times[mode].append(_timed(setup, batch))
+        for mode, timer in timers.items():
+            times[mode].append(timer())
     medians = {mode: statistics.median(t[1:]) for mode, t in times.items()}
     out = {
         mode: {"median_step_s": round(m, 3), "triplets_per_s": round(TRIPLETS / m, 2)}
@@ -144,6 +189,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (small size)")
     parser.add_argument("--paper-steps", type=int, default=None, help="timed steps (paper)")
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--floor", action="store_true", help="also time the bare backbones")
     parser.add_argument("--loop", action="store_true", help="also time the whole loop")
     parser.add_argument("--loop-only", action="store_true", help="time the loop alone")
     parser.add_argument("--workers", type=int, default=2, help="loop: DataLoader workers")
@@ -154,17 +200,19 @@ def main() -> None:
         "paper": args.paper_steps or (1 if args.quick else 3),
     }
     device = torch.device(args.device)
+    kept = device.type == "cpu" and keep_freed_memory()
     result: dict = {
         "benchmark": "train",
         "device": args.device,
         "threads": torch.get_num_threads(),
         "triplets_a_step": TRIPLETS,
+        "freed_memory_kept": kept,
         "load_avg_before": os.getloadavg(),
     }
     for size in args.sizes:
         for stage in () if args.loop_only else (1, 2):
             result[f"{size}_stage{stage}"] = step_modes(
-                size, stage, steps=steps[size], device=device
+                size, stage, steps=steps[size], device=device, floor=args.floor
             )
         if args.loop or args.loop_only:
             result[f"{size}_loop"] = loop_vs_step(

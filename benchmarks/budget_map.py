@@ -68,18 +68,22 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="asen-budget-"))
     old = work / "old-tree"
-    if not old.exists():
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(old), args.revision], cwd=HERE, check=True
-        )
-    data = work / "data"
-    if not (data / "dataset.yaml").is_file():
-        _asen(HERE, "data", "synth", str(data))
-    result: dict = {"benchmark": "budget_map", "budget_min": args.budget, "load_avg": []}
-    for name, tree in (("revision " + args.revision, old), ("this tree", HERE)):
+    added = not old.exists()
+    if added:
+        git = ["git", "worktree", "add", "--detach", str(old), args.revision]
+        subprocess.run(git, cwd=HERE, check=True)
+    try:
+        data = work / "data"
+        if not (data / "dataset.yaml").is_file():
+            _asen(HERE, "data", "synth", str(data))
+        result: dict = {"benchmark": "budget_map", "budget_min": args.budget, "load_avg": []}
+        for name, tree in (("revision " + args.revision, old), ("this tree", HERE)):
+            result["load_avg"].append(os.getloadavg())
+            result[name] = _variant(tree, data, work / name.replace(" ", "-"), args.budget)
         result["load_avg"].append(os.getloadavg())
-        result[name] = _variant(tree, data, work / name.replace(" ", "-"), args.budget)
-    result["load_avg"].append(os.getloadavg())
+    finally:
+        if added:  # the worktree this run added, and only it
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=HERE)
     print(json.dumps(result))
 
 
