@@ -362,7 +362,7 @@ def bench_served(args, root: Path) -> dict:
     import base64
     import struct
 
-    from client.server import free_port, start_server
+    from client.server import free_ports, start_server
 
     binary = _perf_analyzer()
     if binary is None:
@@ -383,7 +383,7 @@ def bench_served(args, root: Path) -> dict:
         ]
     }
     (root / "input.json").write_text(json.dumps(data))
-    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    ports = free_ports()
     out = {"items_per_attribute": args.served_items, "repository_build_s": round(build_s, 1)}
     with start_server(repo, log_file=root / "triton.log", **ports) as server:
         for concurrency in (1, 8):

@@ -22,7 +22,7 @@ from asen.checkpoint import atomic_save, make_checkpoint
 from asen.config import AttributeSpec, load_config
 from asen.data.synthetic import DEFAULT_ATTRIBUTES
 from asen.model.asen import ASENPP
-from client.server import free_port, start_server
+from client.server import free_ports, start_server
 from client.triton import TritonEncoder
 from export.build import export_model
 
@@ -62,7 +62,7 @@ def main() -> None:
         ckpt = Path(tmp) / "model.pt"
         atomic_save(make_checkpoint(model, cfg, attributes), ckpt)
         export_model(ckpt, Path(tmp) / "models", max_batch=8)
-        ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+        ports = free_ports()
         with start_server(Path(tmp) / "models", **ports) as server:
             url = f"127.0.0.1:{ports['grpc_port']}"
             encoder = TritonEncoder(url, "asen", send_bytes=True, batch_size=1)

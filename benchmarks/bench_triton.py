@@ -35,7 +35,7 @@ from asen import AsenError
 from asen.atomic import atomic_write_text
 from asen.checkpoint import atomic_save, make_checkpoint
 from client.perf import Sweep, Target, run_sweep
-from client.server import free_port, start_server
+from client.server import free_ports, start_server
 from export.build import export_model
 from export.encoders import OnnxEncoder
 from export.layout import artifact_path
@@ -91,7 +91,7 @@ class Direct:
 
 
 def serve(repo: Path, log: Path):
-    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    ports = free_ports()
     return start_server(repo, log_file=log, **ports)
 
 
