@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from asen import AsenError
-from asen.config import AttributeSpec, attributes_from_dicts, check_attributes
+from asen.config import (
+    AttributeSpec,
+    attributes_from_dicts,
+    check_attributes,
+    read_yaml_mapping,
+)
 
 EVAL_SPLITS = ("valid", "test")
 OUTSIDE_ROOT_KEY = "allow_paths_outside_root"  # dataset.yaml: opt in to absolute and ../ paths
@@ -240,13 +244,11 @@ def _show(attributes: list[AttributeSpec]) -> str:
 
 def _read_meta(meta: Path) -> tuple[list[AttributeSpec], bool]:
     """dataset.yaml: its attributes (checked) and whether paths may leave the root."""
+    raw = read_yaml_mapping(meta)
     try:
-        raw = yaml.safe_load(meta.read_bytes().decode("utf-8")) or {}
         attributes = attributes_from_dicts(raw["attributes"])
-    except (yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise AsenError(f"{meta}: expected 'attributes: [{{name, values}}, ...]'") from e
-    except OSError as e:
-        raise AsenError(f"{meta}: cannot read ({e.strerror or e})") from None
     check_attributes(attributes, str(meta))
     allow = raw.get(OUTSIDE_ROOT_KEY, False)
     if not isinstance(allow, bool):

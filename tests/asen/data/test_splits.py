@@ -220,12 +220,23 @@ def test_missing_root(tmp_path):
     assert str(tmp_path / "nowhere") in str(e.value)
 
 
-def test_bad_dataset_yaml_names_it(tmp_path):
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"attributes: [{name: a}]\n", "expected 'attributes: [{name, values}, ...]'"),
+        (b"other: 1\n", "expected 'attributes: [{name, values}, ...]'"),
+        (b"attributes: [{name: a, values: 3\n", "invalid YAML"),
+        (b"- attributes\n", "expected a mapping"),
+        (b"attributes: \xff\n", "not a UTF-8 text file"),
+    ],
+)
+def test_bad_dataset_yaml_is_one_line_naming_it(tmp_path, content, words):
     root = make_root(tmp_path)
-    (root / "dataset.yaml").write_text("attributes: [{name: a}]\n")
+    (root / "dataset.yaml").write_bytes(content)
     with pytest.raises(AsenError) as e:
         open_dataset(root)
-    assert str(root / "dataset.yaml") in str(e.value)
+    msg = str(e.value)
+    assert msg.startswith(f"{root / 'dataset.yaml'}: ") and words in msg and "\n" not in msg
 
 
 # ------------------------------------------------------------------ attribute resolution
