@@ -23,11 +23,16 @@ from pathlib import Path
 import torch
 
 from asen.config import load_config
+from asen.data.datasets import batches
 from asen.data.splits import open_dataset
 from asen.data.synthetic import generate
 from asen.encoders import TorchEncoder
 from asen.evaluate import evaluate
+from asen.losses import step_losses
 from asen.train import train
+from asen.training.epoch import epoch_loader
+from asen.training.setup import build_state, open_training_data
+from asen.training.step import MicroBatches, autocast, stack_triplets
 
 DATASETS = {"synthetic-0": (0, None), "synthetic-1-5attrs": (1, "3,6,2,7,4")}
 PRECISIONS = ("fp32", "bf16")
@@ -108,6 +113,48 @@ def compare(work: Path, name: str, args) -> dict:
     return out
 
 
+def _step_gradients(forward, cfg, images, attrs, precision: str) -> dict[str, torch.Tensor]:
+    """The gradients of one training step's loss, flattened per parameter."""
+    x, a = stack_triplets(images, attrs)
+    with autocast(precision, torch.device("cpu")):
+        out = forward(x, a)
+    t = cfg.train
+    loss = step_losses(
+        out.global_embedding, None, margin=t.margin, local_weight=0.0, align_weight=0.0
+    )["loss"]
+    forward.zero_grad(set_to_none=True)
+    loss.backward()
+    return {
+        n: p.grad.flatten().clone()
+        for n, p in forward.model.named_parameters()
+        if p.grad is not None
+    }
+
+
+def gradient_agreement(work: Path, args) -> dict:
+    """Stage 1 at initialisation (seed 0), the first --gradients batches of the default
+    dataset: cosine between the fp32 and the bf16 gradient of each layer, min and mean."""
+    root = _dataset(work, "synthetic-0", n_train=args.n_train, n_eval=args.n_eval)
+    cfg = load_config(["stage1", "small"], ["data.workers=0"])
+    data = open_training_data(cfg, root)
+    loader = batches(epoch_loader(cfg, data, epoch=0, start_step=0))
+    state = build_state(cfg, stage=1, attributes=data.attributes, device=torch.device("cpu"))
+    forward = MicroBatches(state.model, 16)
+    cosines: dict[str, list[float]] = {}
+    for _, batch in zip(range(args.gradients), loader, strict=False):
+        images, attrs = batch[0], batch[1]  # uint8 triplets, attributes
+        g32 = _step_gradients(forward, cfg, images, attrs, "fp32")
+        g16 = _step_gradients(forward, cfg, images, attrs, "bf16")
+        for name in g32:
+            layer = ".".join(name.split(".")[:3])
+            cos = torch.nn.functional.cosine_similarity(g32[name], g16[name], dim=0)
+            cosines.setdefault(layer, []).append(cos.item())
+    return {
+        k: {"min": round(min(v), 4), "mean": round(statistics.mean(v), 4)}
+        for k, v in cosines.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", type=Path, default=Path("runs/bf16_map"))
@@ -131,6 +178,13 @@ def main() -> None:
         default=list(DATASETS),
         help="which datasets to compare on",
     )
+    parser.add_argument(
+        "--gradients",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of training: per-layer cosine of fp32 and bf16 gradients on N batches",
+    )
     args = parser.parse_args()
     quick = {"epochs": 1, "triplets_per_epoch": 480, "n_train": 400, "n_eval": 100}
     full = {"epochs": 10, "triplets_per_epoch": 3200, "n_train": 4000, "n_eval": 1000}
@@ -143,8 +197,11 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "load_avg_before": os.getloadavg(),
     }
-    for name in args.datasets:
-        result[name] = compare(args.work, name, args)
+    if args.gradients:
+        result["gradient_cosine_bf16_vs_fp32"] = gradient_agreement(args.work, args)
+    else:
+        for name in args.datasets:
+            result[name] = compare(args.work, name, args)
     result["load_avg_after"] = os.getloadavg()
     print(json.dumps(result))
 
