@@ -28,11 +28,10 @@ from asen.data.splits import open_dataset
 from asen.data.synthetic import generate
 from asen.encoders import TorchEncoder
 from asen.evaluate import evaluate
-from asen.losses import step_losses
 from asen.train import train
 from asen.training.epoch import epoch_loader
 from asen.training.setup import build_state, open_training_data
-from asen.training.step import MicroBatches, autocast, stack_triplets
+from asen.training.step import MicroBatches, StepSetup, resolve_micro_batch, train_step
 
 DATASETS = {"synthetic-0": (0, None), "synthetic-1-5attrs": (1, "3,6,2,7,4")}
 PRECISIONS = ("fp32", "bf16")
@@ -113,22 +112,12 @@ def compare(work: Path, name: str, args) -> dict:
     return out
 
 
-def _step_gradients(forward, cfg, images, attrs, precision: str) -> dict[str, torch.Tensor]:
-    """The gradients of one training step's loss, flattened per parameter."""
-    x, a = stack_triplets(images, attrs)
-    with autocast(precision, torch.device("cpu")):
-        out = forward(x, a)
-    t = cfg.train
-    loss = step_losses(
-        out.global_embedding, None, margin=t.margin, local_weight=0.0, align_weight=0.0
-    )["loss"]
-    forward.zero_grad(set_to_none=True)
-    loss.backward()
-    return {
-        n: p.grad.flatten().clone()
-        for n, p in forward.model.named_parameters()
-        if p.grad is not None
-    }
+def _step_gradients(setup: StepSetup, images, attrs) -> dict[str, torch.Tensor]:
+    """The gradients of the trainer's own step (its optimizer has lr 0: weights stay),
+    flattened per parameter."""
+    train_step(setup, images, attrs)
+    model = setup.forward.model
+    return {n: p.grad.flatten().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def gradient_agreement(work: Path, args) -> dict:
@@ -138,13 +127,16 @@ def gradient_agreement(work: Path, args) -> dict:
     cfg = load_config(["stage1", "small"], ["data.workers=0"])
     data = open_training_data(cfg, root)
     loader = batches(epoch_loader(cfg, data, epoch=0, start_step=0))
-    state = build_state(cfg, stage=1, attributes=data.attributes, device=torch.device("cpu"))
-    forward = MicroBatches(state.model, 16)
+    cpu = torch.device("cpu")
+    state = build_state(cfg, stage=1, attributes=data.attributes, device=cpu)
+    forward = MicroBatches(state.model, resolve_micro_batch(cfg.train.micro_batch, cpu))
+    frozen = torch.optim.SGD(state.model.parameters(), lr=0.0)
+    setups = {p: StepSetup(forward, frozen, cfg.train, cpu, p) for p in PRECISIONS}
     cosines: dict[str, list[float]] = {}
     for _, batch in zip(range(args.gradients), loader, strict=False):
         images, attrs = batch[0], batch[1]  # uint8 triplets, attributes
-        g32 = _step_gradients(forward, cfg, images, attrs, "fp32")
-        g16 = _step_gradients(forward, cfg, images, attrs, "bf16")
+        g32 = _step_gradients(setups["fp32"], images, attrs)
+        g16 = _step_gradients(setups["bf16"], images, attrs)
         for name in g32:
             layer = ".".join(name.split(".")[:3])
             cos = torch.nn.functional.cosine_similarity(g32[name], g16[name], dim=0)
