@@ -153,39 +153,50 @@ def compare(work: Path, name: str, args) -> dict:
     return out
 
 
-def _step_gradients(setup: StepSetup, images, attrs) -> dict[str, torch.Tensor]:
-    """The gradients of the trainer's own step (its optimizer has lr 0: weights stay),
-    flattened per parameter."""
-    train_step(setup, images, attrs)
+def _step_gradients(setup: StepSetup, images, attrs) -> tuple[float, dict[str, torch.Tensor]]:
+    """The loss and the gradients of the trainer's own step (its optimizer has lr 0:
+    weights stay), flattened per parameter."""
+    loss = train_step(setup, images, attrs)["loss"]
     model = setup.forward.model
-    return {n: p.grad.flatten().clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.flatten().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss, grads
 
 
 def gradient_agreement(work: Path, args) -> dict:
-    """Stage 1 at initialisation (seed 0), the first --gradients batches of the default
-    dataset: cosine between the fp32 and the bf16 gradient of each layer, min and mean."""
+    """Stage 1 at initialisation (seed 0) or from --gradients-from, the first --gradients
+    batches of the default dataset: cosine between the fp32 and the bf16 gradient of each
+    layer, min and mean over the batches where both losses are above zero (a trained
+    model meets the margin on whole batches: no gradient to compare)."""
     root = _dataset(work, "synthetic-0", n_train=args.n_train, n_eval=args.n_eval)
     cfg = load_config(["stage1", "small"], ["data.workers=0"])
     data = open_training_data(cfg, root)
     loader = batches(epoch_loader(cfg, data, epoch=0, start_step=0))
     cpu = torch.device("cpu")
-    state = build_state(cfg, stage=1, attributes=data.attributes, device=cpu)
+    state = build_state(
+        cfg, stage=1, attributes=data.attributes, device=cpu, init=args.gradients_from
+    )
     forward = MicroBatches(state.model, resolve_micro_batch(cfg.train.micro_batch, cpu))
     frozen = torch.optim.SGD(state.model.parameters(), lr=0.0)
     setups = {p: StepSetup(forward, frozen, cfg.train, cpu, p) for p in PRECISIONS}
     cosines: dict[str, list[float]] = {}
+    losses: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     for _, batch in zip(range(args.gradients), loader, strict=False):
         images, attrs = batch[0], batch[1]  # uint8 triplets, attributes
-        g32 = _step_gradients(setups["fp32"], images, attrs)
-        g16 = _step_gradients(setups["bf16"], images, attrs)
+        loss32, g32 = _step_gradients(setups["fp32"], images, attrs)
+        loss16, g16 = _step_gradients(setups["bf16"], images, attrs)
+        losses["fp32"].append(round(loss32, 5))
+        losses["bf16"].append(round(loss16, 5))
+        if loss32 == 0 or loss16 == 0:
+            continue
         for name in g32:
             layer = ".".join(name.split(".")[:3])
             cos = torch.nn.functional.cosine_similarity(g32[name], g16[name], dim=0)
             cosines.setdefault(layer, []).append(cos.item())
-    return {
+    per_layer = {
         k: {"min": round(min(v), 4), "mean": round(statistics.mean(v), 4)}
         for k, v in cosines.items()
     }
+    return {"batch_losses": losses, "cosine_per_layer": per_layer}
 
 
 def main() -> None:
@@ -217,6 +228,13 @@ def main() -> None:
         default=0,
         metavar="N",
         help="instead of training: per-layer cosine of fp32 and bf16 gradients on N batches",
+    )
+    parser.add_argument(
+        "--gradients-from",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="with --gradients: a stage-1 checkpoint's weights instead of initialisation",
     )
     args = parser.parse_args()
     quick = {"epochs": 1, "triplets_per_epoch": 480, "n_train": 400, "n_eval": 100}
