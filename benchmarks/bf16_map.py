@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from asen import AsenError
 from asen.config import load_config
 from asen.data.datasets import batches
 from asen.data.splits import open_dataset
@@ -59,7 +60,10 @@ def _test_map(run: Path, root: Path, workers: int) -> float:
     ).overall_map
 
 
-def _run_dir(root: Path, *, precision: str, epochs: int, per_epoch: int, seed: int, stage: int):
+def _run_dir(
+    root: Path, *, precision: str, epochs: int, per_epoch: int, seed: int, stage: int
+) -> Path:
+    """One run's folder beside the dataset's, named by everything that makes it."""
     return root.parent / f"{root.name}-{precision}-{epochs}x{per_epoch}-seed{seed}-s{stage}"
 
 
@@ -248,11 +252,14 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "load_avg_before": os.getloadavg(),
     }
-    if args.gradients:
-        result["gradient_cosine_bf16_vs_fp32"] = gradient_agreement(args.work, args)
-    else:
-        for name in args.datasets:
-            result[name] = compare(args.work, name, args)
+    try:
+        if args.gradients:
+            result["gradient_cosine_bf16_vs_fp32"] = gradient_agreement(args.work, args)
+        else:
+            for name in args.datasets:
+                result[name] = compare(args.work, name, args)
+    except AsenError as e:  # a bad --gradients-from or --work: one line
+        raise SystemExit(f"error: {e}") from None
     result["load_avg_after"] = os.getloadavg()
     print(json.dumps(result))
 
