@@ -4,7 +4,8 @@ glibc hands every block above its mmap threshold (dynamic, at most 32 MiB) back 
 kernel when it is freed. A paper-size CPU step frees and reallocates gigabytes of
 activations, so each step maps them afresh and the kernel zeroes every page on first
 touch: about 300,000 page faults and 0.8 s of system time a step. Raising the mmap and
-trim thresholds keeps freed blocks in the heap for the next step; the price is that the
+trim thresholds keeps freed blocks in the heap for the next step (once the heap has
+settled, after the first few steps, a step takes no fresh pages); the price is that the
 process keeps its peak memory until it exits. Nothing changes on other C libraries.
 """
 

@@ -18,7 +18,8 @@ def faults_of_one_step():  # like a training step: activations held together, th
     held = [torch.ones(mib * 2**20 // 4) for mib in MIB]
     del held
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(took, min(faults_of_one_step() for _ in range(6)))
+steps = [faults_of_one_step() for _ in range(12)]
+print(took, max(steps[-4:]))  # the heap settles in the first steps (fragmentation)
 """
 
 
@@ -36,4 +37,4 @@ def test_freed_blocks_are_reused_without_page_faults():
     pages = (40 + 8 + 64 + 40) * 2**20 // 4096
     assert took == "True"
     assert default >= pages // 2  # glibc maps the blocks afresh every step
-    assert kept < pages // 20  # kept in the heap: reused without fresh pages
+    assert kept < pages // 20  # settled: every later step reuses the kept blocks
