@@ -10,6 +10,10 @@ in --work are reused (resumed to nothing), so adding a seed trains only that see
 longer --epochs extends the finished stage-1 runs of fewer epochs instead of retraining.
 A pair (fp32 and bf16, 2,000 steps, stage 1) takes about 15 minutes on a 2-core CPU;
 --quick is a short smoke version.
+
+--jitter REL adds a control to each seed: fp32 again, from the seed's initial weights
+each multiplied by (1 + REL * N(0, 1)). It measures how far a run's outcome moves for a
+numerical difference far smaller than bf16's, the noise floor the bf16 gap is set against.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import torch
 
 from asen import AsenError
+from asen.checkpoint import atomic_save, make_checkpoint
 from asen.config import load_config
 from asen.data.datasets import batches
 from asen.data.splits import open_dataset
@@ -83,22 +88,8 @@ def _shorter_stage1(root: Path, *, precision: str, seed: int, args) -> Path | No
     return None
 
 
-def _train_stage(root: Path, *, stage: int, precision: str, seed: int, args, init):
-    """Train (or reuse) one run; returns its folder and the minutes it took. A stage-1
-    run longer than a finished one extends that one: the learning rate steps by epoch,
-    so 10 epochs resumed to 20 follow a 20-epoch run's schedule."""
-    run = _run_dir(
-        root,
-        precision=precision,
-        epochs=args.epochs,
-        per_epoch=args.triplets_per_epoch,
-        seed=seed,
-        stage=stage,
-    )
-    if stage == 1 and not run.exists():
-        shorter = _shorter_stage1(root, precision=precision, seed=seed, args=args)
-        if shorter is not None:
-            shutil.copytree(shorter, run)
+def _run_config(stage: int, *, precision: str, seed: int, args):
+    """The config a run of the comparison trains with."""
     sets = [
         f"train.precision={precision}",
         f"train.seed={seed}",
@@ -106,7 +97,47 @@ def _train_stage(root: Path, *, stage: int, precision: str, seed: int, args, ini
         f"train.triplets_per_epoch={args.triplets_per_epoch}",
         f"data.workers={args.workers}",
     ]
-    cfg = load_config([f"stage{stage}", "small"], sets)
+    return load_config([f"stage{stage}", "small"], sets)
+
+
+def _jittered_init(root: Path, *, seed: int, rel: float, args) -> Path:
+    """A stage-1 checkpoint of the seed's initial weights, each multiplied by
+    (1 + rel * N(0, 1)) (noise from a generator of its own; buffers unchanged)."""
+    path = root.parent / f"{root.name}-init-seed{seed}-jitter{rel:g}.pt"
+    if path.exists():
+        return path
+    cfg = _run_config(1, precision="fp32", seed=seed, args=args)
+    attributes = open_training_data(cfg, root).dataset.attributes
+    model = build_state(cfg, stage=1, attributes=attributes, device=torch.device("cpu")).model
+    noise = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + rel * torch.randn(p.shape, generator=noise))
+    atomic_save(make_checkpoint(model, cfg, attributes), path)
+    return path
+
+
+def _train_stage(
+    root: Path, *, stage: int, precision: str, seed: int, args, init, variant: str = ""
+):
+    """Train (or reuse) one run; returns its folder and the minutes it took. A stage-1
+    run longer than a finished one extends that one: the learning rate steps by epoch,
+    so 10 epochs resumed to 20 follow a 20-epoch run's schedule. `variant` names a run
+    of `precision` that differs otherwise (its folder)."""
+    variant = variant or precision
+    run = _run_dir(
+        root,
+        precision=variant,
+        epochs=args.epochs,
+        per_epoch=args.triplets_per_epoch,
+        seed=seed,
+        stage=stage,
+    )
+    if stage == 1 and not run.exists():
+        shorter = _shorter_stage1(root, precision=variant, seed=seed, args=args)
+        if shorter is not None:
+            shutil.copytree(shorter, run)
+    cfg = _run_config(stage, precision=precision, seed=seed, args=args)
     t0 = time.monotonic()
     resume = (run / "last.pt").exists()
     train(
@@ -141,7 +172,26 @@ def compare_seed(root: Path, seed: int, args) -> dict:
             out[precision]["stage2_minutes"] = took
     for key in [k for k in out["fp32"] if k.endswith("_test_map")]:
         out[f"{key}_bf16_minus_fp32"] = round(out["bf16"][key] - out["fp32"][key], 4)
+    if args.jitter is not None:
+        out["fp32_jitter"] = _jitter_control(root, seed, args)
+        diff = out["fp32_jitter"]["stage1_test_map"] - out["fp32"]["stage1_test_map"]
+        out["stage1_test_map_jitter_minus_fp32"] = round(diff, 4)
     return out
+
+
+def _jitter_control(root: Path, seed: int, args) -> dict:
+    """Stage 1 in fp32 from the seed's jittered initial weights (--jitter)."""
+    init = _jittered_init(root, seed=seed, rel=args.jitter, args=args)
+    run, took = _train_stage(
+        root,
+        stage=1,
+        precision="fp32",
+        seed=seed,
+        args=args,
+        init=init,
+        variant=f"fp32jitter{args.jitter:g}",
+    )
+    return {"stage1_test_map": round(_test_map(run, root, args.workers), 4), "stage1_minutes": took}
 
 
 def compare(work: Path, name: str, args) -> dict:
@@ -149,9 +199,10 @@ def compare(work: Path, name: str, args) -> dict:
     root = _dataset(work, name, n_train=args.n_train, n_eval=args.n_eval)
     out: dict = {f"seed{seed}": compare_seed(root, seed, args) for seed in args.seeds}
     per_seed = list(out.values())
-    for key in [k for k in per_seed[0] if k.endswith("_bf16_minus_fp32")]:
+    for key in [k for k in per_seed[0] if k.endswith("_minus_fp32")]:
         diffs = [r[key] for r in per_seed]
         out[f"{key}_mean"] = round(statistics.mean(diffs), 4)
+        out[f"{key}_mean_abs"] = round(statistics.mean(abs(d) for d in diffs), 4)
         out[f"{key}_range"] = [min(diffs), max(diffs)]
         out[f"{key}_mean_within_0.01"] = abs(statistics.mean(diffs)) <= 0.01
     return out
@@ -225,6 +276,13 @@ def main() -> None:
         choices=list(DATASETS),
         default=list(DATASETS),
         help="which datasets to compare on",
+    )
+    parser.add_argument(
+        "--jitter",
+        type=float,
+        default=None,
+        metavar="REL",
+        help="also train fp32 from each seed's initial weights times (1 + REL * N(0, 1))",
     )
     parser.add_argument(
         "--gradients",
