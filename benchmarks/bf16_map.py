@@ -145,7 +145,7 @@ def _train_stage(
         data_root=root,
         stage=stage,
         run_dir=run,
-        init=init,
+        init=None if resume else init,  # a resumed run has its weights
         resume=resume,
         changes={"train.epochs": args.epochs} if resume else None,
     )
