@@ -51,6 +51,12 @@ def running(pid: int) -> bool:
         return False
 
 
+def _sigint_default() -> None:
+    """SIGINT acts in the child as in a terminal's foreground job, even when the tests run
+    as a shell's background job (which starts with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_serve(repo: Path, log: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, str]:
     """`asen serve` in a subprocess, read up to its 'Ctrl-C to stop' line (or an error)."""
     args = ["--repo", repo, "--log-file", log]
@@ -62,6 +68,7 @@ def start_serve(repo: Path, log: Path, ports: dict[str, int]) -> tuple[subproces
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_sigint_default,
     )
     lines = []
     for line in proc.stdout:
