@@ -83,14 +83,19 @@ def test_serve_command_stops_cleanly(repo, tmp_path, ports, sig) -> None:
     p = ports
     log = tmp_path / "server.log"
     proc, out = start_serve(repo, log, p)
-    assert "Ctrl-C to stop" in out, out
-    assert f"gRPC 127.0.0.1:{p['grpc_port']}" in out and "ready: asen, asen_onnx" in out
-    assert "asen_onnx" in out and ("ONNX Runtime inside" in out or "onnxruntime backend" in out)
-    pid = int(out.split("(pid ")[1].split(")")[0])
-    with TritonEncoder(f"127.0.0.1:{p['grpc_port']}") as enc:
-        assert enc.model == "asen_onnx"
-    proc.send_signal(sig)
-    rest, _ = proc.communicate(timeout=60)
+    try:
+        assert "Ctrl-C to stop" in out, out
+        assert f"gRPC 127.0.0.1:{p['grpc_port']}" in out and "ready: asen, asen_onnx" in out
+        assert "asen_onnx" in out and ("ONNX Runtime inside" in out or "onnxruntime backend" in out)
+        pid = int(out.split("(pid ")[1].split(")")[0])
+        with TritonEncoder(f"127.0.0.1:{p['grpc_port']}") as enc:
+            assert enc.model == "asen_onnx"
+        proc.send_signal(sig)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed check or a stop that hung leaves no server behind
+            proc.kill()  # its watchdog takes tritonserver down with it
+            proc.communicate()
     assert proc.returncode == 0, rest
     assert "tritonserver stopped" in rest
     assert gone(pid)
