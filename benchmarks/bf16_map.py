@@ -107,7 +107,7 @@ def _jittered_init(root: Path, *, seed: int, rel: float, args) -> Path:
     if path.exists():
         return path
     cfg = _run_config(1, precision="fp32", seed=seed, args=args)
-    attributes = open_training_data(cfg, root).dataset.attributes
+    attributes = open_dataset(root, cfg.data.attributes or None).attributes
     model = build_state(cfg, stage=1, attributes=attributes, device=torch.device("cpu")).model
     noise = torch.Generator().manual_seed(1000 + seed)
     with torch.no_grad():
