@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from asen.evaluate import embed_split
 from cli import app
 from client.server import launch, start_server
 from client.triton import TritonEncoder
+from tests.client.serve_process import serve_process
 from tests.processes import children
 
 runner = CliRunner()
@@ -51,39 +51,11 @@ def running(pid: int) -> bool:
         return False
 
 
-def _sigint_default() -> None:
-    """SIGINT acts in the child as in a terminal's foreground job, even when the tests run
-    as a shell's background job (which starts with SIGINT ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start_serve(repo: Path, log: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, str]:
-    """`asen serve` in a subprocess, read up to its 'Ctrl-C to stop' line (or an error)."""
-    args = ["--repo", repo, "--log-file", log]
-    for key, value in ports.items():
-        args += [f"--{key.replace('_', '-')}", value]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from cli import main; main()", "serve", *map(str, args)],
-        cwd=Path(__file__).parents[2],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=_sigint_default,
-    )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("Ctrl-C to stop") or "error" in line:
-            break
-    return proc, "".join(lines)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_serve_command_stops_cleanly(repo, tmp_path, ports, sig) -> None:
     p = ports
     log = tmp_path / "server.log"
-    proc, out = start_serve(repo, log, p)
-    try:
+    with serve_process(repo, log, p) as (proc, out):
         assert "Ctrl-C to stop" in out, out
         assert f"gRPC 127.0.0.1:{p['grpc_port']}" in out and "ready: asen, asen_onnx" in out
         assert "asen_onnx" in out and ("ONNX Runtime inside" in out or "onnxruntime backend" in out)
@@ -92,10 +64,6 @@ def test_serve_command_stops_cleanly(repo, tmp_path, ports, sig) -> None:
             assert enc.model == "asen_onnx"
         proc.send_signal(sig)
         rest, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:  # a failed check or a stop that hung leaves no server behind
-            proc.kill()  # its watchdog takes tritonserver down with it
-            proc.communicate()
     assert proc.returncode == 0, rest
     assert "tritonserver stopped" in rest
     assert gone(pid)
@@ -169,24 +137,19 @@ def test_serve_killed_leaves_no_process(repo, tmp_path, ports, sig) -> None:
     """`asen serve` killed outright, or its terminal closed: within 5 s nothing is left of
     the server, its Python-backend stubs (which outlive a killed tritonserver) or the
     watchdog, and the ports are free again."""
-    proc, out = start_serve(repo, tmp_path / "server.log", ports)
-    try:
+    with serve_process(repo, tmp_path / "server.log", ports) as (proc, out):
         assert "Ctrl-C to stop" in out, out
         server = int(out.split("(pid ")[1].split(")")[0])
         stubs = [int(p.name) for p in children(server)]
         watchdog = [int(p.name) for p in children(proc.pid) if int(p.name) != server]
         assert stubs and watchdog, (stubs, watchdog)  # what is checked below exists
-    except BaseException:
-        proc.terminate()  # a failed check leaves no server behind
-        proc.communicate(timeout=60)
-        raise
-    proc.send_signal(sig)
-    deadline = time.monotonic() + 5.0
-    left = [server, *stubs, *watchdog]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = [pid for pid in left if running(pid)]
-    proc.communicate(timeout=30)
+        proc.send_signal(sig)
+        deadline = time.monotonic() + 5.0
+        left = [server, *stubs, *watchdog]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = [pid for pid in left if running(pid)]
+        proc.communicate(timeout=30)
     assert not left, f"still running 5 s after {sig.name}: {left}"
     client.server.check_ports("127.0.0.1", {f"--{k}": v for k, v in ports.items()})
 
@@ -256,3 +219,12 @@ def test_client_mistakes_are_invalid_argument(server, protocol) -> None:
                 triton.infer(model, inputs)
             assert str(info.value.status()) == invalid, (model, info.value)
             assert reason in info.value.message() and "\n" not in info.value.message()
+
+
+def test_a_failed_check_leaves_no_serve_behind(repo, tmp_path, ports) -> None:
+    """The tests' own `serve_process` stops `asen serve` and its server when the body fails."""
+    with pytest.raises(AssertionError, match="a failed check"):
+        with serve_process(repo, tmp_path / "server.log", ports) as (proc, out):
+            server = int(out.split("(pid ")[1].split(")")[0])
+            raise AssertionError("a failed check")
+    assert proc.returncode == 0 and not running(server)

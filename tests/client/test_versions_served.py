@@ -5,9 +5,6 @@ for one, and mistakes are one line."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-
 import numpy as np
 import pytest
 import torch
@@ -26,7 +23,7 @@ from export.encoders import OnnxEncoder
 from export.repository import write_repository
 from export.versions import VersionRequest
 from tests.client.conftest import ATTRIBUTES
-from tests.client.test_serve import start_serve
+from tests.client.serve_process import serve_process
 
 runner = CliRunner()
 DEPLOY = DeploymentOptions(instances=2, threads=1, preferred_batch=(2, 4), max_queue_delay_us=500)
@@ -55,17 +52,9 @@ def served(versioned, tmp_path_factory):
     """`asen serve` on it: (its output up to 'Ctrl-C to stop', the gRPC URL, the HTTP URL)."""
     ports = {k: free_port() for k in ("http_port", "grpc_port", "metrics_port")}
     log = tmp_path_factory.mktemp("log") / "server.log"
-    proc, out = start_serve(versioned, log, ports)
-    try:
+    with serve_process(versioned, log, ports) as (_, out):
         assert "Ctrl-C to stop" in out, out
         yield out, f"127.0.0.1:{ports['grpc_port']}", f"127.0.0.1:{ports['http_port']}"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
 
 
 def test_serve_prints_the_versions_it_serves(served) -> None:
