@@ -163,6 +163,14 @@ RunFolder = Annotated[
 TrainWorkers = Annotated[
     int | None, typer.Option(min=0, help="DataLoader workers (default: config data.workers).")
 ]
+CacheMb = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="MiB of decoded training images kept for the run, 0 for none "
+        "(default: config data.cache_mb, 2048).",
+    ),
+]
 JsonOut = Annotated[
     Path | None,
     typer.Option(
@@ -273,6 +281,7 @@ def train_cmd(
         typer.Option(help="Training precision (default: train.precision, auto: bf16 if native)."),
     ] = None,
     workers: TrainWorkers = None,
+    cache_mb: CacheMb = None,
     skip_bad_images: SkipBad = False,
     dist_timeout: DistTimeout = 600.0,
 ) -> None:
@@ -293,6 +302,8 @@ def train_cmd(
         changes["train.epochs"] = epochs
     if workers is not None:
         changes["data.workers"] = workers
+    if cache_mb is not None:
+        changes["data.cache_mb"] = cache_mb
     cfg = None  # --resume without -c/--set/--weights/--precision: the run's own settings
     if config or overrides or not resume:
         stages = [f"stage{stage}"] if stage in (1, 2) else []

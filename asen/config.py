@@ -77,6 +77,7 @@ class DataConfig:
     attributes: list[AttributeSpec] = field(default_factory=list)
     workers: int = _range(2, 0)
     skip_bad_images: bool = False
+    cache_mb: int = _range(2048, 0)  # decoded training images kept for the run (0: none)
 
 
 @dataclass

@@ -105,12 +105,16 @@ def test_train_resume_eval_embed(data, tmp_path) -> None:
 
 
 def test_resume_continues_exactly(data, tmp_path) -> None:
-    """A run interrupted and resumed ends with the weights of an uninterrupted one."""
+    """A run interrupted and resumed ends with the weights of an uninterrupted one. The
+    uninterrupted run's second epoch reads its images from the decoded-image cache, the
+    resumed one (`--cache-mb 0`) decodes them again: the same pixels, the same weights."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     _ok(["train", "--data", data, *SMALL, "--epochs", 2, "--out", straight])
     _ok(["train", "--data", data, *SMALL, "--epochs", 1, "--out", split])
-    _ok(["train", "--data", data, *SMALL, "--epochs", 2, "--out", split, "--resume"])
+    resume = ["--resume", "--cache-mb", 0]
+    _ok(["train", "--data", data, *SMALL, "--epochs", 2, "--out", split, *resume])
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(split / "last.pt")
+    assert (a["config"]["data"]["cache_mb"], b["config"]["data"]["cache_mb"]) == (2048, 0)
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, msg=key)
     assert a["scheduler"] == b["scheduler"]

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from asen import AsenError
+from asen.data.cache import DecodedImages
 from asen.data.images import BadImageError, load_image
 
 
@@ -54,8 +55,9 @@ class TripletSampler:
 class TripletImages(Dataset):
     """Item i: uint8 [3, 3, S, S] (anchor, positive, negative), the attribute, and ok."""
 
-    def __init__(self, files: list[Path], triplets: np.ndarray, size: int, skip_bad: bool):
-        self.files, self.triplets, self.size, self.skip_bad = files, triplets, size, skip_bad
+    def __init__(self, images: DecodedImages, triplets: np.ndarray, skip_bad: bool):
+        self.images, self.triplets, self.skip_bad = images, triplets, skip_bad
+        self.size = images.size
 
     def __len__(self) -> int:
         return len(self.triplets)
@@ -63,7 +65,7 @@ class TripletImages(Dataset):
     def __getitem__(self, i: int):
         attr, *ids = self.triplets[i]
         try:
-            images = np.stack([load_image(self.files[j], self.size) for j in ids])
+            images = np.stack([self.images.load(j) for j in ids])
         except BadImageError:
             if not self.skip_bad:
                 raise

@@ -53,10 +53,7 @@ def epoch_loader(cfg: Config, data: TrainingData, *, epoch: int, start_step: int
     rank_bs = cfg.train.batch_size // world
     triplets = data.sampler.epoch(epoch, cfg.train.triplets_per_epoch // world, rank)
     images = TripletImages(
-        files=data.files,
-        triplets=triplets[start_step * rank_bs :],
-        size=cfg.model.source_size,
-        skip_bad=cfg.data.skip_bad_images,
+        data.images, triplets[start_step * rank_bs :], skip_bad=cfg.data.skip_bad_images
     )
     return make_loader(images, rank_bs, cfg.data.workers)
 

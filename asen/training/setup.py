@@ -15,13 +15,15 @@ import torch
 from asen import AsenError
 from asen.checkpoint import checkpoint_attributes, load_checkpoint
 from asen.config import AttributeSpec, Config, check_declared, config_from_dict
+from asen.data.cache import DecodedImages
 from asen.data.datasets import TripletSampler
 from asen.data.splits import SplitDataset, open_dataset
 from asen.evaluate import num_pairs
 from asen.model.asen import ASENPP
 from asen.training.run_folder import RunFolder
 
-RESUMABLE = ("train.epochs", "data.workers", "data.skip_bad_images")  # may change on --resume
+# may change on --resume
+RESUMABLE = ("train.epochs", "data.workers", "data.skip_bad_images", "data.cache_mb")
 
 
 def _flat(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -86,10 +88,10 @@ def check_config(cfg: Config, world: int) -> None:
 
 @dataclass
 class TrainingData:
-    """The dataset, its training images and labels, and the triplet sampler."""
+    """The dataset, its training images (decoded once a run) and the triplet sampler."""
 
     dataset: SplitDataset
-    files: list[Path]
+    images: DecodedImages
     sampler: TripletSampler
     val_pairs: int
 
@@ -104,7 +106,9 @@ def open_training_data(cfg: Config, data_root: str | Path) -> TrainingData:
     labels: np.ndarray = dataset.train_labels()
     return TrainingData(
         dataset=dataset,
-        files=dataset.files("train"),
+        images=DecodedImages(
+            dataset.files("train"), cfg.model.source_size, budget_mb=cfg.data.cache_mb
+        ),
         sampler=TripletSampler(labels, cfg.train.seed),
         val_pairs=num_pairs(dataset, "valid"),
     )

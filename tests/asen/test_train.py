@@ -237,9 +237,15 @@ def test_check_refuses_overwrite_and_empty_resume(tmp_path) -> None:
 def test_resume_keeps_the_runs_settings_and_names_changes(cfg, tmp_path) -> None:
     saved = {"config": cfg.to_dict()}
     source = tmp_path / "last.pt"
-    changes = {"train.epochs": 9, "data.workers": 1, "data.skip_bad_images": True}
+    changes = {
+        "train.epochs": 9,
+        "data.workers": 1,
+        "data.skip_bad_images": True,
+        "data.cache_mb": 0,
+    }
     run = resolve_config(None, saved=saved, changes=changes, source=source)
     assert (run.train.epochs, run.data.workers, run.data.skip_bad_images) == (9, 1, True)
+    assert run.data.cache_mb == 0
     assert run.model == cfg.model
     same = load_config(["small"], ["model.image_size=32", "model.local_size=24"])
     assert resolve_config(same, saved=saved, changes={}, source=source).model == cfg.model
@@ -271,6 +277,7 @@ def test_resume_refuses_init(cfg, tmp_path) -> None:
         ("train.precision", "fp16", "train.precision must be one of auto, fp32, bf16, got 'fp16'"),
         ("train.micro_batch", -1, r"train\.micro_batch must be at least 0, got -1"),
         ("data.workers", -2, r"data\.workers must be at least 0, got -2"),
+        ("data.cache_mb", -1, r"data\.cache_mb must be at least 0, got -1"),
         ("train.lr_gamma", 1.5, r"train\.lr_gamma must be at most 1\.0, got 1\.5"),
     ],
 )

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from asen import AsenError
+from asen.data.cache import DecodedImages
 from asen.data.datasets import EntryImages, TripletImages, TripletSampler, batches, make_loader
 from asen.data.images import BadImageError, load_image
 
@@ -139,7 +140,7 @@ def test_entry_images_skip_bad_marks_not_ok(files):
 
 def test_triplet_images(files):
     triplets = np.array([[1, 0, 1, 3], [0, 0, 2, 3], [2, 3, 1, 0]])
-    ds = TripletImages(files, triplets, S, skip_bad=True)
+    ds = TripletImages(DecodedImages(files, S, budget_mb=0), triplets, skip_bad=True)
     images, attr, ok = ds[0]
     assert images.shape == (3, 3, S, S) and images.dtype == torch.uint8
     assert attr == 1 and ok is True
@@ -180,7 +181,7 @@ def test_bad_image_error_is_one_line_naming_file(files, workers):
 @pytest.mark.usefixtures("fast_worker_shutdown")
 def test_triplet_bad_image_raises_through_worker(files):
     triplets = np.array([[0, 0, 1, 3], [0, 3, 0, 2]])
-    ds = TripletImages(files, triplets, S, skip_bad=False)
+    ds = TripletImages(DecodedImages(files, S, budget_mb=1), triplets, skip_bad=False)
     with pytest.raises(BadImageError) as e:
         list(batches(make_loader(ds, batch_size=1, workers=1)))
     msg = str(e.value)
