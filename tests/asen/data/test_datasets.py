@@ -7,7 +7,6 @@ import gc
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from asen import AsenError
 from asen.data.cache import DecodedImages
@@ -102,18 +101,6 @@ def test_no_usable_attribute_is_an_error():
 
 
 # ------------------------------------------------------------------ image datasets
-
-
-@pytest.fixture
-def files(tmp_path):
-    """Four images; file 2 is corrupt."""
-    paths = []
-    for i in range(4):
-        p = tmp_path / f"im{i}.png"
-        Image.new("RGB", (20 + i, 18), (50 * i, 10, 200)).save(p)
-        paths.append(p)
-    paths[2].write_bytes(b"\x89PNG\r\n\x1a\n this is no png")
-    return paths
 
 
 def test_entry_images_ok(files):
