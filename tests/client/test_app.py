@@ -183,8 +183,13 @@ def test_page_in_headless_chromium(world, tmp_path) -> None:
             assert hits.count() == 8
             assert hits.first.get_attribute("data-key") == str(query.relative_to(world["data"]))
             assert "same sleeve_length" in page.inner_text("#title")
-            # wait until every image has finished loading (or failed), then count the broken
-            page.wait_for_function("[...document.images].every(i => i.complete)")
+            # wait until every image has finished loading (or failed), then count the broken;
+            # polled from here: wait_for_function's in-page polling uses eval, which the
+            # page's Content-Security-Policy refuses once the first check finds one loading
+            deadline = time.monotonic() + 30
+            while not page.evaluate("[...document.images].every(i => i.complete)"):
+                assert time.monotonic() < deadline, "images still loading after 30 s"
+                time.sleep(0.1)
             broken = page.evaluate("[...document.images].filter(i => i.naturalWidth === 0).length")
             assert broken == 0
             page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
