@@ -32,27 +32,17 @@ class DecodedImages:
         slot = 3 * size * size
         self.slots = min(len(files), budget_mb * 2**20 // slot)
         self._lock = multiprocessing.Lock()  # orders an image's bytes before its flag
-        self._attach(mmap.mmap(-1, self.slots * (slot + 1)) if self.slots else None)
-
-    def _attach(self, buffer: mmap.mmap | None) -> None:
-        self._buffer = buffer
-        if buffer is None:
-            self.slots = 0
-            return
-        pixels = self.slots * 3 * self.size * self.size
-        shape = (self.slots, 3, self.size, self.size)
-        self._images = np.frombuffer(buffer, np.uint8, pixels).reshape(shape)
-        self._filled = np.frombuffer(buffer, np.uint8, self.slots, offset=pixels)
+        if self.slots:
+            pixels = self.slots * slot
+            self._buffer = mmap.mmap(-1, pixels + self.slots)
+            shape = (self.slots, 3, size, size)
+            self._images = np.frombuffer(self._buffer, np.uint8, pixels).reshape(shape)
+            self._filled = np.frombuffer(self._buffer, np.uint8, self.slots, offset=pixels)
 
     def __getstate__(self) -> dict:
         """A pickled copy (a spawned worker) decodes every image: the mapping stays here."""
         skip = ("_images", "_filled", "_buffer", "_lock")
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = None
-        self._attach(None)
+        return {k: v for k, v in self.__dict__.items() if k not in skip} | {"slots": 0}
 
     @property
     def cached(self) -> int:

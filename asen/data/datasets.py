@@ -57,7 +57,6 @@ class TripletImages(Dataset):
 
     def __init__(self, images: DecodedImages, triplets: np.ndarray, skip_bad: bool):
         self.images, self.triplets, self.skip_bad = images, triplets, skip_bad
-        self.size = images.size
 
     def __len__(self) -> int:
         return len(self.triplets)
@@ -69,7 +68,8 @@ class TripletImages(Dataset):
         except BadImageError:
             if not self.skip_bad:
                 raise
-            return torch.zeros(3, 3, self.size, self.size, dtype=torch.uint8), int(attr), False
+            size = self.images.size
+            return torch.zeros(3, 3, size, size, dtype=torch.uint8), int(attr), False
         return torch.from_numpy(images), int(attr), True
 
 

@@ -174,7 +174,7 @@ def _chromium(url: str, *args: str) -> str:
         try:
             run = _run_chromium(profile, url, *args)
         except subprocess.TimeoutExpired as e:
-            return e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or ""
+            return (e.stdout or b"").decode()  # bytes even with text=True
     assert run.returncode == 0, run.stderr[-2000:]
     return run.stdout
 
