@@ -323,7 +323,7 @@ def train_cmd(
         )
         if not is_main():
             return
-    if result.stopped_by in ("SIGTERM", "SIGINT"):
+    if result.stopped_by:  # SIGTERM, SIGINT or the time budget
         console.print(f"stopped by {result.stopped_by}; saved in {out}: continue with --resume")
         if result.stopped_by == "SIGINT":
             raise typer.Exit(130)

@@ -224,7 +224,8 @@ def _run(
         result.best_val_map = state.best_val_map
         if cb.epoch_end:
             cb.epoch_end(record)
-        if tally.stopped:
+        # a stop asked during the epoch, or a budget spent by its validation: no next epoch
+        if tally.stopped or (state.epoch < cfg.train.epochs and stop.should_stop()):
             result.stopped_by = stop.reason
             break
     return result

@@ -7,7 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import asen.train as train_module
 from asen.checkpoint import load_checkpoint
+from asen.training.stopping import StopRequest
 from cli import app
 
 runner = CliRunner()
@@ -130,6 +132,25 @@ def test_time_budget_stops_mid_epoch_and_resumes(data, tmp_path) -> None:
     _ok(["train", "--data", data, *SMALL, "--epochs", 1, "--out", run, "--resume"])
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["epoch"] == 1 and ckpt["step"] == 0
+
+
+def test_budget_spent_in_validation_starts_no_further_epoch(data, tmp_path, monkeypatch) -> None:
+    """A budget that runs out while epoch 1 validates ends the run there: no one-step epoch 2."""
+    spent = {"now": False}
+    validate = train_module.validate
+
+    def validate_then_spend(*args, **kwargs):
+        result = validate(*args, **kwargs)
+        spent["now"] = True
+        return result
+
+    monkeypatch.setattr(train_module, "validate", validate_then_spend)
+    monkeypatch.setattr(StopRequest, "over_budget", lambda self: spent["now"])
+    run = tmp_path / "budget"
+    out = _ok(["train", "--data", data, *SMALL, "--epochs", 3, "--time-budget", 5, "--out", run])
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["partial"]) for r in records] == [(1, False)]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1 and "time budget" in out
 
 
 def test_second_dataset_other_seed_and_counts(tmp_path) -> None:
