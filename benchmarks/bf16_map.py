@@ -14,6 +14,13 @@ A pair (fp32 and bf16, 2,000 steps, stage 1) takes about 15 minutes on a 2-core 
 --jitter REL adds a control to each seed: fp32 again, from the seed's initial weights
 each multiplied by (1 + REL * N(0, 1)). It measures how far a run's outcome moves for a
 numerical difference far smaller than bf16's, the noise floor the bf16 gap is set against.
+
+--inference-from CKPT trains nothing: it scores one checkpoint on each --datasets test
+split in fp32 and with the forward under bf16 autocast (overall and per attribute), and
+under bf16 with one part kept in fp32 (the global stem convolution, the global backbone,
+the global attention).
+Where a trained model keeps an attribute under bf16 inference, the forward pass carries
+that attribute's signal in bf16 and a bf16 run that fails to learn it loses it in training.
 """
 
 from __future__ import annotations
@@ -58,11 +65,64 @@ def _dataset(work: Path, name: str, *, n_train: int, n_eval: int) -> Path:
     return root
 
 
-def _test_map(run: Path, root: Path, workers: int) -> float:
-    encoder = TorchEncoder.from_checkpoint(run / "last.pt", "cpu", batch_size=128)
-    return evaluate(
-        encoder, open_dataset(root), "test", batch_size=128, workers=workers
-    ).overall_map
+# The parts of the network --inference-from also runs in fp32, one at a time, inside bf16.
+FP32_PARTS = ("global_branch.backbone.0", "global_branch.backbone", "global_branch.attention")
+
+
+class Bf16Encoder(TorchEncoder):
+    """The checkpoint's forward under bf16 autocast (weights stay fp32, as in training)."""
+
+    def encode_batch(self, images, attributes):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return super().encode_batch(images, attributes)
+
+
+class Fp32Part(torch.nn.Module):
+    """A submodule run in fp32 (autocast off, inputs cast up) inside a bf16 forward."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args):
+        with torch.autocast("cpu", enabled=False):
+            return self.inner(*(a.float() if a.is_floating_point() else a for a in args))
+
+
+def _test_maps(
+    checkpoint: Path, root: Path, workers: int, *, bf16: bool = False, fp32_part: str = ""
+) -> dict:
+    """Test mAP of a checkpoint, overall and per attribute, in fp32 or under bf16 (with
+    `fp32_part`, a submodule's dotted name, kept in fp32)."""
+    kind = Bf16Encoder if bf16 else TorchEncoder
+    encoder = kind.from_checkpoint(checkpoint, "cpu", batch_size=128)
+    if fp32_part:
+        parent, _, name = fp32_part.rpartition(".")
+        holder = encoder.model.get_submodule(parent)
+        setattr(holder, name, Fp32Part(getattr(holder, name)))
+    result = evaluate(encoder, open_dataset(root), "test", batch_size=128, workers=workers)
+    per_attribute = {k: round(v, 4) for k, v in result.per_attribute.items()}
+    return {"test_map": round(result.overall_map, 4), "per_attribute": per_attribute}
+
+
+def _test_map(run: Path, root: Path, workers: int) -> dict:
+    """A run's last checkpoint: stage*_test_map and its per-attribute figures."""
+    return _test_maps(run / "last.pt", root, workers)
+
+
+def inference_precision(work: Path, checkpoint: Path, args) -> dict:
+    """One checkpoint scored in fp32 and under bf16 autocast on each dataset's test split."""
+    out: dict = {}
+    for name in args.datasets:
+        root = _dataset(work, name, n_train=args.n_train, n_eval=args.n_eval)
+        fp32 = _test_maps(checkpoint, root, args.workers)
+        bf16 = _test_maps(checkpoint, root, args.workers, bf16=True)
+        drop = {k: round(bf16["per_attribute"][k] - v, 4) for k, v in fp32["per_attribute"].items()}
+        out[name] = {"fp32": fp32, "bf16_autocast": bf16, "bf16_minus_fp32": drop}
+        for part in FP32_PARTS:
+            scores = _test_maps(checkpoint, root, args.workers, bf16=True, fp32_part=part)
+            out[name][f"bf16_with_{part}_in_fp32"] = scores
+    return out
 
 
 def _run_dir(
@@ -159,8 +219,10 @@ def compare_seed(root: Path, seed: int, args) -> dict:
         run, took = _train_stage(
             root, stage=1, precision=precision, seed=seed, args=args, init=None
         )
+        scores = _test_map(run, root, args.workers)
         out[precision] = {
-            "stage1_test_map": round(_test_map(run, root, args.workers), 4),
+            "stage1_test_map": scores["test_map"],
+            "stage1_per_attribute": scores["per_attribute"],
             "stage1_minutes": took,
         }
         if args.stage2:
@@ -168,7 +230,7 @@ def compare_seed(root: Path, seed: int, args) -> dict:
             run, took = _train_stage(
                 root, stage=2, precision=precision, seed=seed, args=args, init=init
             )
-            out[precision]["stage2_test_map"] = round(_test_map(run, root, args.workers), 4)
+            out[precision]["stage2_test_map"] = _test_map(run, root, args.workers)["test_map"]
             out[precision]["stage2_minutes"] = took
     for key in [k for k in out["fp32"] if k.endswith("_test_map")]:
         out[f"{key}_bf16_minus_fp32"] = round(out["bf16"][key] - out["fp32"][key], 4)
@@ -191,7 +253,12 @@ def _jitter_control(root: Path, seed: int, args) -> dict:
         init=init,
         variant=f"fp32jitter{args.jitter:g}",
     )
-    return {"stage1_test_map": round(_test_map(run, root, args.workers), 4), "stage1_minutes": took}
+    scores = _test_map(run, root, args.workers)
+    return {
+        "stage1_test_map": scores["test_map"],
+        "stage1_per_attribute": scores["per_attribute"],
+        "stage1_minutes": took,
+    }
 
 
 def compare(work: Path, name: str, args) -> dict:
@@ -298,6 +365,13 @@ def main() -> None:
         metavar="CKPT",
         help="with --gradients: a stage-1 checkpoint's weights instead of initialisation",
     )
+    parser.add_argument(
+        "--inference-from",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="instead of training: score CKPT in fp32 and under bf16 autocast, per attribute",
+    )
     args = parser.parse_args()
     quick = {"epochs": 1, "triplets_per_epoch": 480, "n_train": 400, "n_eval": 100}
     full = {"epochs": 10, "triplets_per_epoch": 3200, "n_train": 4000, "n_eval": 1000}
@@ -313,6 +387,8 @@ def main() -> None:
     try:
         if args.gradients:
             result["gradient_cosine_bf16_vs_fp32"] = gradient_agreement(args.work, args)
+        elif args.inference_from:
+            result["inference"] = inference_precision(args.work, args.inference_from, args)
         else:
             for name in args.datasets:
                 result[name] = compare(args.work, name, args)
