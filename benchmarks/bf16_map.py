@@ -105,9 +105,15 @@ def _test_maps(
     return {"test_map": round(result.overall_map, 4), "per_attribute": per_attribute}
 
 
-def _test_map(run: Path, root: Path, workers: int) -> dict:
-    """A run's last checkpoint: stage*_test_map and its per-attribute figures."""
-    return _test_maps(run / "last.pt", root, workers)
+def _stage1_result(run: Path, root: Path, workers: int, minutes: float) -> dict:
+    """A stage-1 run's entry in the output: its last checkpoint's test mAP, per attribute
+    too, and the minutes it trained."""
+    scores = _test_maps(run / "last.pt", root, workers)
+    return {
+        "stage1_test_map": scores["test_map"],
+        "stage1_per_attribute": scores["per_attribute"],
+        "stage1_minutes": minutes,
+    }
 
 
 def inference_precision(work: Path, checkpoint: Path, args) -> dict:
@@ -219,18 +225,14 @@ def compare_seed(root: Path, seed: int, args) -> dict:
         run, took = _train_stage(
             root, stage=1, precision=precision, seed=seed, args=args, init=None
         )
-        scores = _test_map(run, root, args.workers)
-        out[precision] = {
-            "stage1_test_map": scores["test_map"],
-            "stage1_per_attribute": scores["per_attribute"],
-            "stage1_minutes": took,
-        }
+        out[precision] = _stage1_result(run, root, args.workers, took)
         if args.stage2:
             init = run / "last.pt"
             run, took = _train_stage(
                 root, stage=2, precision=precision, seed=seed, args=args, init=init
             )
-            out[precision]["stage2_test_map"] = _test_map(run, root, args.workers)["test_map"]
+            scores = _test_maps(run / "last.pt", root, args.workers)
+            out[precision]["stage2_test_map"] = scores["test_map"]
             out[precision]["stage2_minutes"] = took
     for key in [k for k in out["fp32"] if k.endswith("_test_map")]:
         out[f"{key}_bf16_minus_fp32"] = round(out["bf16"][key] - out["fp32"][key], 4)
@@ -253,12 +255,7 @@ def _jitter_control(root: Path, seed: int, args) -> dict:
         init=init,
         variant=f"fp32jitter{args.jitter:g}",
     )
-    scores = _test_map(run, root, args.workers)
-    return {
-        "stage1_test_map": scores["test_map"],
-        "stage1_per_attribute": scores["per_attribute"],
-        "stage1_minutes": took,
-    }
+    return _stage1_result(run, root, args.workers, took)
 
 
 def compare(work: Path, name: str, args) -> dict:
@@ -370,7 +367,7 @@ def main() -> None:
         type=Path,
         default=None,
         metavar="CKPT",
-        help="instead of training: score CKPT in fp32 and under bf16 autocast, per attribute",
+        help="instead of training: score CKPT in fp32, in bf16, and in bf16 with one part fp32",
     )
     args = parser.parse_args()
     quick = {"epochs": 1, "triplets_per_epoch": 480, "n_train": 400, "n_eval": 100}
