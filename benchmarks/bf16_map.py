@@ -281,15 +281,45 @@ def _step_gradients(setup: StepSetup, images, attrs) -> tuple[float, dict[str, t
     return loss, grads
 
 
+def _attribute_batches(loader, index: int, size: int):
+    """The loader's triplets of attribute `index` only, regrouped into batches of `size`."""
+    images, attrs = [], []
+    for batch in batches(loader):
+        keep = batch[1] == index
+        images.append(batch[0][keep])
+        attrs.append(batch[1][keep])
+        if sum(len(a) for a in attrs) >= size:
+            joined_images, joined_attrs = torch.cat(images), torch.cat(attrs)
+            yield joined_images[:size], joined_attrs[:size]
+            images, attrs = [joined_images[size:]], [joined_attrs[size:]]
+
+
 def gradient_agreement(work: Path, args) -> dict:
     """Stage 1 at initialisation (seed 0) or from --gradients-from, the first --gradients
-    batches of the default dataset: cosine between the fp32 and the bf16 gradient of each
+    batches of the first of --datasets (with --gradients-attribute, batches of that
+    attribute's triplets only): cosine between the fp32 and the bf16 gradient of each
     layer, min and mean over the batches where both losses are above zero (a trained
-    model meets the margin on whole batches: no gradient to compare)."""
-    root = _dataset(work, "synthetic-0", n_train=args.n_train, n_eval=args.n_eval)
+    model meets the margin on whole batches: no gradient to compare); beside it, the
+    cosine between consecutive batches' fp32 gradients (the minibatch noise a step has
+    anyway) and between consecutive batches' bf16 errors (bf16 - fp32: near 0 when the
+    error does not point the same way step after step, so it does not add up)."""
+    dataset = args.datasets[0]
+    root = _dataset(work, dataset, n_train=args.n_train, n_eval=args.n_eval)
     cfg = load_config(["stage1", "small"], ["data.workers=0"])
     data = open_training_data(cfg, root)
-    loader = batches(epoch_loader(cfg, data, epoch=0, start_step=0))
+    loader = epoch_loader(cfg, data, epoch=0, start_step=0)
+    if args.gradients_attribute:
+        names = [a.name for a in data.attributes]
+        if args.gradients_attribute not in names:
+            have = ", ".join(names)
+            raise AsenError(
+                f"--gradients-attribute: {dataset} has no attribute "
+                f"{args.gradients_attribute!r} (it has {have})"
+            )
+        index = names.index(args.gradients_attribute)
+        stream = _attribute_batches(loader, index, cfg.train.batch_size)
+    else:
+        stream = ((b[0], b[1]) for b in batches(loader))  # uint8 triplets, attributes
     cpu = torch.device("cpu")
     state = build_state(
         cfg, stage=1, attributes=data.attributes, device=cpu, init=args.gradients_from
@@ -298,24 +328,46 @@ def gradient_agreement(work: Path, args) -> dict:
     frozen = torch.optim.SGD(state.model.parameters(), lr=0.0)
     setups = {p: StepSetup(forward, frozen, cfg.train, cpu, p) for p in PRECISIONS}
     cosines: dict[str, list[float]] = {}
+    between_batches: dict[str, list[float]] = {}  # fp32 gradients of consecutive batches
+    between_errors: dict[str, list[float]] = {}  # bf16 - fp32 of consecutive batches
     losses: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-    for _, batch in zip(range(args.gradients), loader, strict=False):
-        images, attrs = batch[0], batch[1]  # uint8 triplets, attributes
+    previous: dict[str, torch.Tensor] = {}
+    previous_error: dict[str, torch.Tensor] = {}
+    for _, (images, attrs) in zip(range(args.gradients), stream, strict=False):
         loss32, g32 = _step_gradients(setups["fp32"], images, attrs)
         loss16, g16 = _step_gradients(setups["bf16"], images, attrs)
         losses["fp32"].append(round(loss32, 5))
         losses["bf16"].append(round(loss16, 5))
         if loss32 == 0 or loss16 == 0:
             continue
-        for name in g32:
-            layer = ".".join(name.split(".")[:3])
-            cos = torch.nn.functional.cosine_similarity(g32[name], g16[name], dim=0)
-            cosines.setdefault(layer, []).append(cos.item())
-    per_layer = {
-        k: {"min": round(min(v), 4), "mean": round(statistics.mean(v), 4)}
-        for k, v in cosines.items()
+        _add_layer_cosines(cosines, g32, g16)
+        error = {k: g16[k] - g32[k] for k in g32}
+        if previous:
+            _add_layer_cosines(between_batches, previous, g32)
+            _add_layer_cosines(between_errors, previous_error, error)
+        previous, previous_error = g32, error
+    return {
+        "batch_losses": losses,
+        "cosine_per_layer": _min_mean(cosines),
+        "fp32_cosine_between_consecutive_batches": _min_mean(between_batches),
+        "bf16_error_cosine_between_consecutive_batches": _min_mean(between_errors),
     }
-    return {"batch_losses": losses, "cosine_per_layer": per_layer}
+
+
+def _add_layer_cosines(into: dict, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]):
+    """Append, per layer (first three name parts), the cosine of gradients `a` and `b`."""
+    for name in a:
+        layer = ".".join(name.split(".")[:3])
+        cos = torch.nn.functional.cosine_similarity(a[name], b[name], dim=0)
+        into.setdefault(layer, []).append(cos.item())
+
+
+def _min_mean(values: dict[str, list[float]]) -> dict:
+    """Each layer's list of cosines as its min and mean."""
+    return {
+        k: {"min": round(min(v), 4), "mean": round(statistics.mean(v), 4)}
+        for k, v in values.items()
+    }
 
 
 def main() -> None:
@@ -361,6 +413,12 @@ def main() -> None:
         default=None,
         metavar="CKPT",
         help="with --gradients: a stage-1 checkpoint's weights instead of initialisation",
+    )
+    parser.add_argument(
+        "--gradients-attribute",
+        default="",
+        metavar="NAME",
+        help="with --gradients: batches of this attribute's triplets only (e.g. attr4)",
     )
     parser.add_argument(
         "--inference-from",
