@@ -24,6 +24,7 @@ from asen.config import TRAIN_PRECISIONS
 
 if TYPE_CHECKING:
     from asen.encoders import Encoder
+    from client.server import ServerHandle
 
 console = Console(soft_wrap=True, markup=False)  # user text (paths, names) prints as it is
 err = Console(stderr=True)
@@ -804,6 +805,25 @@ def export_cmd(
         report(f"wrote {path}")
 
 
+def _print_serving(handle: ServerHandle) -> None:
+    """What `asen serve` serves, where, and how to stop it."""
+    for choice in handle.choices:
+        served = handle.versions.get(choice.model, [])
+        version = "version " + ",".join(map(str, served)) if served else ""
+        version += f" (serves {served[-1]} by default)" if len(served) > 1 else ""
+        console.print(
+            f"  {choice.model:<24} {version:<10} {choice.how}",
+            markup=False,
+            highlight=False,
+        )
+    console.print(
+        f"HTTP {handle.http_url}  gRPC {handle.grpc_url}  metrics {handle.metrics_url}\n"
+        f"ready: {', '.join(handle.models)}\nlog: {handle.log_file} (pid {handle.process.pid})"
+        "\nCtrl-C to stop",
+        highlight=False,
+    )
+
+
 @app.command("serve")
 @_errors
 def serve_cmd(
@@ -828,22 +848,7 @@ def serve_cmd(
     console.print(f"tritonserver ({kind}): {binary.path}", highlight=False)
     with console.status("starting tritonserver"):
         handle = launch(repo, host, http_port, grpc_port, metrics_port, log_file)
-    for choice in handle.choices:
-        served = handle.versions.get(choice.model, [])
-        version = "version " + ",".join(map(str, served)) if served else ""
-        version += f" (serves {served[-1]} by default)" if len(served) > 1 else ""
-        console.print(
-            f"  {choice.model:<24} {version:<10} {choice.how}",
-            markup=False,
-            highlight=False,
-        )
-    console.print(
-        f"HTTP {handle.http_url}  gRPC {handle.grpc_url}  metrics {handle.metrics_url}\n"
-        f"ready: {', '.join(handle.models)}\nlog: {handle.log_file} (pid {handle.process.pid})"
-        "\nCtrl-C to stop",
-        highlight=False,
-    )
-    serve_until_stopped(handle)
+    serve_until_stopped(handle, announce=functools.partial(_print_serving, handle))
     console.print("tritonserver stopped")
 
 

@@ -500,9 +500,11 @@ def start_server(repo: str | Path, **options) -> Iterator[ServerHandle]:
         handle.stop()
 
 
-def serve_until_stopped(handle: ServerHandle) -> None:
-    """Block until Ctrl-C, SIGTERM or SIGHUP (a closed terminal; then stop the server
-    cleanly) or until the server exits on its own (an error naming its log)."""
+def serve_until_stopped(handle: ServerHandle, announce: Callable[[], None]) -> None:
+    """Call `announce` (it tells the user how to stop), then block until Ctrl-C, SIGTERM or
+    SIGHUP (a closed terminal; then stop the server cleanly) or until the server exits on
+    its own (an error naming its log). A stop that arrives while `announce` runs is as
+    clean as one after it."""
 
     received = []
 
@@ -510,8 +512,11 @@ def serve_until_stopped(handle: ServerHandle) -> None:
         received.append(signum)
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {}
     try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, terminate)
+        announce()
         code = handle.process.wait()
         raise AsenError(f"tritonserver exited unexpectedly (code {code}; log: {handle.log_file})")
     except KeyboardInterrupt:

@@ -221,6 +221,18 @@ def test_client_mistakes_are_invalid_argument(server, protocol) -> None:
             assert reason in info.value.message() and "\n" not in info.value.message()
 
 
+def test_ctrl_c_while_the_banner_prints_stops_cleanly(repo, tmp_path, ports) -> None:
+    """A Ctrl-C that lands as `asen serve` prints "Ctrl-C to stop" (before it waits) stops
+    the server as cleanly as one that lands later: no KeyboardInterrupt, nothing left."""
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    with start_server(repo, log_file=tmp_path / "log", **ports) as handle:
+        client.server.serve_until_stopped(handle, announce=ctrl_c)
+        assert gone(handle.process.pid)
+
+
 def test_a_failed_check_leaves_no_serve_behind(repo, tmp_path, ports) -> None:
     """The tests' own `serve_process` stops `asen serve` and its server when the body fails."""
     with pytest.raises(AssertionError, match="a failed check"):
