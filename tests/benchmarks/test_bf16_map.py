@@ -1,0 +1,39 @@
+"""The learned-attribute tally and Fisher's exact test of benchmarks/bf16_map.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.bf16_map import attributes_learned, fisher_one_sided
+
+
+def test_fisher_matches_the_tea_tasting_table() -> None:
+    # 3 of 4 against 1 of 4: P(1 or fewer) = (1 + 4 * 4) / C(8, 4) = 17 / 70
+    assert fisher_one_sided((3, 4), (1, 4)) == pytest.approx(17 / 70)
+
+
+def test_fisher_none_of_four_against_three_of_five() -> None:
+    # the only table as extreme: C(4, 0) * C(5, 3) / C(9, 3) = 10 / 84
+    assert fisher_one_sided((3, 5), (0, 4)) == pytest.approx(10 / 84)
+
+
+def test_fisher_grows_with_b_and_is_one_when_b_has_every_hit() -> None:
+    ps = [fisher_one_sided((4 - k, 5), (k, 4)) for k in range(5)]
+    assert ps == sorted(ps) and ps[0] < ps[-1]
+    assert ps[-1] == pytest.approx(1.0)
+
+
+def _run(aps: dict[str, float]) -> dict:
+    return {"stage1_per_attribute": aps}
+
+
+def test_attributes_learned_counts_runs_at_the_bar() -> None:
+    per_seed = [
+        {"fp32": _run({"a": 0.99, "b": 0.3}), "bf16": _run({"a": 0.2, "b": 0.95})},
+        {"fp32": _run({"a": 0.90, "b": 0.3}), "bf16": _run({"a": 0.89, "b": 0.3})},
+    ]
+    tally = attributes_learned(per_seed)
+    assert tally["a"]["fp32"] == "2/2" and tally["a"]["bf16"] == "0/2"
+    assert tally["a"]["p_bf16_learns_fewer"] == pytest.approx(1 / 6, abs=1e-4)
+    assert tally["b"] == {"fp32": "0/2", "bf16": "1/2", "p_bf16_learns_fewer": 1.0}
+    assert "fp32_jitter" not in tally["a"]
