@@ -16,8 +16,11 @@ each multiplied by (1 + REL * N(0, 1)). It measures how far a run's outcome move
 numerical difference far smaller than bf16's, the noise floor the bf16 gap is set against.
 
 Per dataset, `stage1_attributes_learned` counts, per attribute, the runs of each kind
-whose test AP reached 0.9, with Fisher's exact one-sided p that bf16 learns it less often
-than fp32 (a per-seed mAP gap often comes down to one attribute a run did not learn).
+whose test AP reached 0.9, with the one-sided p that bf16 learns it less often than fp32
+(a per-seed mAP gap often comes down to one attribute a run did not learn): Fisher's
+exact test over the runs, and the exact sign test over the seeds where only one of the
+two precisions learned it (`p_paired`: a seed's two runs share initial weights and data
+order, so they are pairs, not independent draws).
 
 --inference-from CKPT trains nothing: it scores one checkpoint on each --datasets test
 split in fp32 and with the forward under bf16 autocast (overall and per attribute), and
@@ -289,9 +292,19 @@ def fisher_one_sided(a: tuple[int, int], b: tuple[int, int]) -> float:
     return tables / comb(n_a + n_b, hits)
 
 
+def sign_test_one_sided(fp32_only: int, bf16_only: int) -> float:
+    """The exact sign test (McNemar's, exact) of paired runs, one-sided: of the seeds where
+    exactly one precision learned the attribute, the chance that fp32 is the one as often
+    as it is or more, were each equally likely."""
+    n = fp32_only + bf16_only
+    return sum(comb(n, k) for k in range(fp32_only, n + 1)) / 2**n
+
+
 def attributes_learned(per_seed: list[dict]) -> dict:
     """Per attribute: how many runs of each kind reached test AP `LEARNED_AP` in stage 1
-    ("k/n"), and Fisher's one-sided p that bf16 learns it less often than fp32."""
+    ("k/n"), and the one-sided p that bf16 learns it less often than fp32: Fisher's, the
+    runs taken as independent, and the sign test over the seeds where only one learned it
+    (each seed's fp32 and bf16 runs share initial weights and data order)."""
     kinds = [k for k in ("fp32", "bf16", "fp32_jitter") if k in per_seed[0]]
     out: dict = {}
     for attribute in per_seed[0]["fp32"]["stage1_per_attribute"]:
@@ -303,6 +316,15 @@ def attributes_learned(per_seed: list[dict]) -> dict:
         out[attribute] = {kind: f"{hits[kind]}/{n}" for kind in kinds}
         p = fisher_one_sided((hits["fp32"], n), (hits["bf16"], n))
         out[attribute]["p_bf16_learns_fewer"] = round(p, 4)
+        learned = [
+            (r["fp32"]["stage1_per_attribute"][attribute] >= LEARNED_AP)
+            - (r["bf16"]["stage1_per_attribute"][attribute] >= LEARNED_AP)
+            for r in per_seed
+        ]
+        fp32_only, bf16_only = learned.count(1), learned.count(-1)
+        out[attribute]["seeds_fp32_only"] = fp32_only
+        out[attribute]["seeds_bf16_only"] = bf16_only
+        out[attribute]["p_paired"] = round(sign_test_one_sided(fp32_only, bf16_only), 4)
     return out
 
 

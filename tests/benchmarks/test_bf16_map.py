@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.bf16_map import attributes_learned, fisher_one_sided
+from benchmarks.bf16_map import attributes_learned, fisher_one_sided, sign_test_one_sided
 
 
 def test_fisher_matches_the_tea_tasting_table() -> None:
@@ -23,6 +23,18 @@ def test_fisher_grows_with_b_and_is_one_when_b_has_every_hit() -> None:
     assert ps[-1] == pytest.approx(1.0)
 
 
+def test_sign_test_three_discordant_seeds_all_one_way() -> None:
+    """fp32 alone learned it on 3 seeds, bf16 alone on none: 1/8."""
+    assert sign_test_one_sided(3, 0) == pytest.approx(1 / 8)
+
+
+def test_sign_test_counts_the_tail_and_is_one_without_discordant_seeds() -> None:
+    assert sign_test_one_sided(2, 1) == pytest.approx(4 / 8)
+    assert sign_test_one_sided(1, 2) == pytest.approx(7 / 8)
+    assert sign_test_one_sided(0, 3) == 1.0
+    assert sign_test_one_sided(0, 0) == 1.0
+
+
 def _run(aps: dict[str, float]) -> dict:
     return {"stage1_per_attribute": aps}
 
@@ -35,5 +47,14 @@ def test_attributes_learned_counts_runs_at_the_bar() -> None:
     tally = attributes_learned(per_seed)
     assert tally["a"]["fp32"] == "2/2" and tally["a"]["bf16"] == "0/2"
     assert tally["a"]["p_bf16_learns_fewer"] == pytest.approx(1 / 6, abs=1e-4)
-    assert tally["b"] == {"fp32": "0/2", "bf16": "1/2", "p_bf16_learns_fewer": 1.0}
+    assert tally["a"]["seeds_fp32_only"] == 2 and tally["a"]["seeds_bf16_only"] == 0
+    assert tally["a"]["p_paired"] == pytest.approx(1 / 4)
+    assert tally["b"] == {
+        "fp32": "0/2",
+        "bf16": "1/2",
+        "p_bf16_learns_fewer": 1.0,
+        "seeds_fp32_only": 0,
+        "seeds_bf16_only": 1,
+        "p_paired": 1.0,
+    }
     assert "fp32_jitter" not in tally["a"]
