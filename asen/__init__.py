@@ -1,6 +1,6 @@
 """ASEN++: attribute-specific fashion similarity, from training to serving."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 class AsenError(Exception):

@@ -34,12 +34,12 @@ from asen.checkpoint import load_model
 from asen.encoders import Encoder, TorchEncoder
 from asen.model.asen import ASENPP
 from asen.model.shape import ModelInfo
-from export.encoders import OnnxEncoder, TrtEncoder
-from export.layout import write_sidecar
-from export.onnx import export_onnx, physical_cores
-from export.precision import to_fp16, to_int8
-from export.tensorrt import build_engine, require_tensorrt
-from export.verify import probe_inputs
+from asen.export.encoders import OnnxEncoder, TrtEncoder
+from asen.export.layout import write_sidecar
+from asen.export.onnx import export_onnx, physical_cores
+from asen.export.precision import to_fp16, to_int8
+from asen.export.tensorrt import build_engine, require_tensorrt
+from asen.export.verify import probe_inputs
 
 Backend = Callable[[], Encoder] | str
 BACKENDS = (

@@ -250,7 +250,7 @@ def _export_random_model(root: Path, attributes: int) -> Path:
     from asen.checkpoint import atomic_save, make_checkpoint
     from asen.config import AttributeSpec, load_config
     from asen.model.asen import ASENPP
-    from export.build import export_model
+    from asen.export.build import export_model
 
     specs = [AttributeSpec(f"attr{i}", 4) for i in range(attributes)]
     torch.manual_seed(0)
@@ -268,7 +268,7 @@ def _served_repo(root: Path, args) -> tuple[Path, bytes, str]:
 
     from asen.data.synthetic import generate
     from asen.search import SearchIndex
-    from export.search_model import SEARCH_MODEL, add_search_model, encoder_identity
+    from asen.export.search_model import SEARCH_MODEL, add_search_model, encoder_identity
 
     if args.repo:
         repo = root / "models"
@@ -362,7 +362,7 @@ def bench_served(args, root: Path) -> dict:
     import base64
     import struct
 
-    from client.server import free_ports, start_server
+    from asen.client.server import free_ports, start_server
 
     binary = _perf_analyzer()
     if binary is None:

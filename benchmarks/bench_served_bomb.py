@@ -22,9 +22,9 @@ from asen.checkpoint import atomic_save, make_checkpoint
 from asen.config import AttributeSpec, load_config
 from asen.data.synthetic import DEFAULT_ATTRIBUTES
 from asen.model.asen import ASENPP
-from client.server import free_ports, start_server
-from client.triton import TritonEncoder
-from export.build import export_model
+from asen.client.server import free_ports, start_server
+from asen.client.triton import TritonEncoder
+from asen.export.build import export_model
 
 
 def png(width: int, height: int) -> bytes:

@@ -34,12 +34,12 @@ from models import CONFIGS, random_model
 from asen import AsenError
 from asen.atomic import atomic_write_text
 from asen.checkpoint import atomic_save, make_checkpoint
-from client.perf import Sweep, Target, run_sweep
-from client.server import free_ports, start_server
-from export.build import export_model
-from export.encoders import OnnxEncoder
-from export.layout import artifact_path
-from export.repository import read_config
+from asen.client.perf import Sweep, Target, run_sweep
+from asen.client.server import free_ports, start_server
+from asen.export.build import export_model
+from asen.export.encoders import OnnxEncoder
+from asen.export.layout import artifact_path
+from asen.export.repository import read_config
 
 ENCODER = "asen_onnx"
 STABILITY = 500  # percent: a shared CPU varies a lot between windows; medians over rounds

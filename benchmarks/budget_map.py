@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-RUN_CLI = "import sys; sys.argv[0] = 'asen'; import cli; cli.main()"
+RUN_CLI = "import sys; sys.argv[0] = 'asen'; import asen.cli; asen.cli.main()"
 
 
 def _asen(tree: Path, *args: str) -> None:

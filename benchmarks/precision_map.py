@@ -19,10 +19,10 @@ from pathlib import Path
 from asen.data.splits import open_dataset
 from asen.encoders import TorchEncoder
 from asen.evaluate import evaluate
-from export.build import export_model
-from export.calibrate import CalibrationSource
-from export.encoders import OnnxEncoder
-from export.layout import in_model
+from asen.export.build import export_model
+from asen.export.calibrate import CalibrationSource
+from asen.export.encoders import OnnxEncoder
+from asen.export.layout import in_model
 
 BOUND = {"fp32": 0.001, "fp16": 0.005, "int8": 0.01, "int8_trt": 0.01}
 MODELS = {

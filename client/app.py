@@ -27,7 +27,7 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
 from asen import AsenError
-from client.search import BadQueryError, ServedSearch
+from asen.client.search import BadQueryError, ServedSearch
 
 MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_GRID = 100  # the page shows at most this many results
@@ -310,7 +310,7 @@ def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, ready=
     first (each a one-line error); `ready(url)` is called before serving."""
     import uvicorn
 
-    from client.server import check_ports
+    from asen.client.server import check_ports
 
     check_ports(host, {"--port": port})
     app = create_app(settings)

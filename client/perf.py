@@ -17,12 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asen.client.connection import check_protocol
+from asen.client.perf_inputs import dataset_samples, random_samples, write_input_json
+from asen.client.perf_report import Level, parse_csv, server_batches
+from asen.client.shm import check_shared_memory
+
 from asen import AsenError
 from asen.atomic import atomic_write_text
-from client.connection import Tls, check_protocol
-from client.perf_inputs import dataset_samples, random_samples, write_input_json
-from client.perf_report import Level, parse_csv, server_batches
-from client.shm import check_shared_memory
+from asen.remote import Tls
 
 ENV = "ASEN_PERF_ANALYZER"
 LOCAL = Path(__file__).resolve().parent.parent / ".venv-perf" / "perf_analyzer"
@@ -98,7 +100,7 @@ class Target:
 def check_target(target: Target):
     """The served model's ModelInfo, after checking the server answers and the model (and
     version) is a ready asen encoder model; each failure one line."""
-    from client.triton import TritonEncoder
+    from asen.client.triton import TritonEncoder
 
     with TritonEncoder(
         target.url,

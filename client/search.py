@@ -4,6 +4,8 @@ a model that is not served, and the model's own INVALID_ARGUMENT answers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -119,3 +121,24 @@ class ServedSearch:
             )
             for rank, i in enumerate(range(len(ids)), start=1)
         ]
+
+
+def served_search(
+    image: Path,
+    attr: str,
+    *,
+    top: int,
+    nprobe: int | None,
+    url: str | None,
+    protocol: str | None,
+    model: str | None,
+) -> tuple[list, str]:
+    """`asen search --backend triton` without --index: one query to the served asen_search
+    model; returns (hits, attribute name)."""
+    from asen.search import attribute_id
+
+    if not image.is_file():
+        raise AsenError(f"{image}: no such image file")
+    with ServedSearch(url, model or SEARCH_MODEL, protocol or "grpc") as served:
+        name = served.names[attribute_id(attr, served.names)]
+        return served.search(image.read_bytes(), name, top, nprobe), name

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import asen
 from asen import AsenError
-from export.repository import BACKEND_OF, CONFIG, read_config
+from asen.export.repository import BACKEND_OF, CONFIG, read_config
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from asen.client.connection import check_protocol, make_client
+from asen.client.shm import SystemShm, check_shared_memory
 from google.protobuf.json_format import MessageToDict
 from tritonclient.utils import InferenceServerException
 
@@ -28,8 +30,7 @@ from asen import AsenError
 from asen.data.images import BadImageError
 from asen.encoders import Encoder, InputKind, Progress, check_attributes
 from asen.model.shape import ModelInfo
-from client.connection import Tls, check_protocol, make_client
-from client.shm import SystemShm, check_shared_memory
+from asen.remote import Tls
 
 IMAGE, ATTRIBUTE, OUTPUT, BYTES_INPUT = "image", "attribute", "embedding", "image_bytes"
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
@@ -105,18 +106,23 @@ class TritonEncoder(Encoder):
         protocol: str | None = None,
         send_bytes: bool = False,
         batch_size: int = 64,
-        **connection: Any,
+        tls: Tls | None = None,
+        headers: Mapping[str, str] | None = None,
+        shared_memory: str = "none",
+        model_version: str | None = None,
     ) -> TritonEncoder:
-        """`model`: the served model's name (the `asen` ensemble or an encoder model);
-        `connection`: `tls`, `headers`, `shared_memory`, `model_version` as for the
-        constructor."""
+        """`model`: the served model's name (the `asen` ensemble or an encoder model); the
+        options as for the constructor."""
         return cls(
             url,
             model,
             protocol or "grpc",
             send_bytes=send_bytes,
             batch_size=batch_size,
-            **connection,
+            tls=tls,
+            headers=headers,
+            shared_memory=shared_memory,
+            model_version=model_version,
         )
 
     @property

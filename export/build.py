@@ -25,15 +25,15 @@ from asen.checkpoint import load_model
 from asen.data.splits import open_dataset
 from asen.encoders import Encoder, TorchEncoder
 from asen.model.shape import ModelInfo
-from export import layout, staging, versions
-from export.calibrate import CalibrationSource, calibration_set, check_attributes
-from export.deployment import DeploymentOptions
-from export.encoders import OnnxEncoder, TrtEncoder
-from export.onnx import OPSET, check_onnx, export_onnx
-from export.precision import ACTIVATIONS, parse_precisions, to_fp16, to_int8
-from export.repository import write_repository
-from export.tensorrt import build_engine, require_tensorrt
-from export.verify import (
+from asen.export import layout, staging, versions
+from asen.export.calibrate import CalibrationSource, calibration_set, check_attributes
+from asen.export.deployment import DeploymentOptions
+from asen.export.encoders import OnnxEncoder, TrtEncoder
+from asen.export.onnx import OPSET, check_onnx, export_onnx
+from asen.export.precision import ACTIVATIONS, parse_precisions, to_fp16, to_int8
+from asen.export.repository import write_repository
+from asen.export.tensorrt import build_engine, require_tensorrt
+from asen.export.verify import (
     ONNX_TOLERANCE,
     TRT_TOLERANCE,
     DatasetCheck,

@@ -13,9 +13,9 @@ import torch
 from asen import AsenError
 from asen.encoders import Encoder
 from asen.model.shape import ModelInfo
-from export.layout import find_artifact, read_sidecar
-from export.onnx import INPUTS, OUTPUT, session
-from export.tensorrt import load_engine
+from asen.export.layout import find_artifact, read_sidecar
+from asen.export.onnx import INPUTS, OUTPUT, session
+from asen.export.tensorrt import load_engine
 
 
 def _max_batch(meta: dict[str, str], source: str) -> int:

@@ -22,7 +22,7 @@ import onnx
 
 from asen import AsenError
 from asen.atomic import atomic_write_bytes
-from export.layout import PRECISIONS
+from asen.export.layout import PRECISIONS
 
 BACKBONE_WEIGHT = ".backbone."  # initialiser names of the backbone convolutions
 BETWEEN_CONVS = {"Relu", "Add", "MaxPool"}  # run in reduced precision when fed by the backbone

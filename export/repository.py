@@ -32,8 +32,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from asen import AsenError
 from asen.atomic import atomic_write_bytes, atomic_write_text
 from asen.model.shape import ModelInfo
-from export import layout
-from export.deployment import DeploymentOptions
+from asen.export import layout
+from asen.export.deployment import DeploymentOptions
 
 CONFIG = "config.pbtxt"
 VARIANT = "python"  # `configs/python.pbtxt`: the variant for a server with the Python backend only

@@ -33,7 +33,7 @@ from asen import AsenError
 from asen.atomic import atomic_write_bytes, atomic_write_text, file_sha256
 from asen.evaluate import EmbeddedSplit
 from asen.search import SearchIndex
-from export import layout
+from asen.export import layout
 
 SEARCH_MODEL = "asen_search"
 INDEX_DIR = "index"
@@ -124,7 +124,7 @@ def check_gallery(
     """Embed a few gallery images again with the repository's ONNX graph and compare: a
     gallery embedded by another model is refused with one line. Returns the lowest cosine."""
     from asen.data.images import load_image
-    from export.encoders import OnnxEncoder
+    from asen.export.encoders import OnnxEncoder
 
     identity = encoder_identity(repo, encoder)
     model = OnnxEncoder(_probe_graph(repo, encoder), "cpu")

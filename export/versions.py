@@ -26,8 +26,8 @@ from pathlib import Path
 import asen
 from asen import AsenError
 from asen.atomic import atomic_write_text, file_sha256
-from export import layout
-from export.repository import CONFIG, read_config
+from asen.export import layout
+from asen.export.repository import CONFIG, read_config
 
 MANIFEST = "generated.json"
 Report = Callable[[str], None]

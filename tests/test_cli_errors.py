@@ -7,7 +7,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli import app
+from asen.cli import app
 
 runner = CliRunner()
 

@@ -21,7 +21,7 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from cli import app
+from asen.cli import app
 
 runner = CliRunner()
 NOWHERE = "/proc/asen-fuzz/nowhere"  # missing, and no folder can be made there

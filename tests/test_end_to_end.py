@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import asen.train as train_module
 from asen.checkpoint import load_checkpoint
 from asen.training.stopping import StopRequest
-from cli import app
+from asen.cli import app
 
 runner = CliRunner()
 SMALL = [

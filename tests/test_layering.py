@@ -31,22 +31,30 @@ def _imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
     return found
 
 
+def _is_upper_layer(module: str) -> bool:
+    """asen.export and asen.client (installed from the export/ and client/ folders)."""
+    return module.split(".")[:2] in (["asen", "export"], ["asen", "client"])
+
+
 def test_the_library_imports_neither_export_nor_client() -> None:
     offending = [
         f"{path.relative_to(ROOT)}:{line}: {module}"
         for path in _sources("asen")
         for line, module in _imported_modules(ast.parse(path.read_text(), str(path)))
-        if module.split(".")[0] in ("export", "client")
+        if _is_upper_layer(module)
     ]
     assert offending == []
 
 
 def test_the_check_sees_function_local_imports() -> None:
-    tree = ast.parse("def f():\n    from export.onnx import OPSET\n    import client.triton\n")
-    assert [m for _, m in _imported_modules(tree)] == ["export.onnx", "client.triton"]
+    tree = ast.parse("def f():\n    from asen.export.onnx import OPSET\n    import asen.client.triton\n")
+    modules = [m for _, m in _imported_modules(tree)]
+    assert modules == ["asen.export.onnx", "asen.client.triton"]
+    assert all(_is_upper_layer(m) for m in modules)
+    assert not _is_upper_layer("asen.exporter") and not _is_upper_layer("asen.encoders")
 
 
-@pytest.mark.parametrize("part", ["asen", "export", "client", "cli.py"])
+@pytest.mark.parametrize("part", ["asen", "export", "client"])
 def test_no_function_is_over_80_lines(part: str) -> None:
     long = []
     for path in _sources(part):

@@ -23,7 +23,7 @@ try:
     from asen import AsenError
     from asen.data.images import BadImageError, load_image
     from asen.search import SearchIndex, attribute_id
-    from export.search_model import INDEX_DIR, encoder_identity, encoder_mismatch
+    from asen.export.search_model import INDEX_DIR, encoder_identity, encoder_mismatch
 except ImportError as e:
     raise ImportError(
         f"{e}: the Python backend's interpreter ({sys.executable}) cannot import asen; "

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from asen import distributed
-from cli import app
+from asen.cli import app
 from tests.processes import children
 
 runner = CliRunner()

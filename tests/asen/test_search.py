@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from asen import AsenError
 from asen.evaluate import EmbeddedSplit
 from asen.search import SearchIndex, attribute_id, load_embeddings
-from cli import app
+from asen.cli import app
 
 runner = CliRunner()
 SMALL = ["-c", "small", "--set", "train.triplets_per_epoch=8", "--set", "train.batch_size=4"]

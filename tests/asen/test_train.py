@@ -31,7 +31,7 @@ from asen.training.step import (
     train_step,
 )
 from asen.training.stopping import StopRequest
-from cli import app
+from asen.cli import app
 
 CPU = torch.device("cpu")
 

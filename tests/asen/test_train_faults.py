@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from asen.checkpoint import load_checkpoint
 from asen.training.faults import ENV
-from cli import app
+from asen.cli import app
 
 TINY = [
     *("-c", "small", "--workers", "0"),
@@ -31,7 +31,7 @@ TINY = [
 ]
 TIMINGS = ("triplets_per_s", "data_wait_s", "elapsed_s")  # the only fields that may differ
 _ctx = multiprocessing.get_context("forkserver")
-_ctx.set_forkserver_preload(["cli", "asen.train"])
+_ctx.set_forkserver_preload(["asen.cli", "asen.train"])
 
 
 def _child(args: list[str], fault: str | None, log: str) -> None:
@@ -41,7 +41,7 @@ def _child(args: list[str], fault: str | None, log: str) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    from cli import app
+    from asen.cli import app
 
     try:
         app(args, prog_name="asen", standalone_mode=True)

@@ -27,7 +27,7 @@ from asen.visualize import (
     plot_training,
     write_search_page,
 )
-from cli import app
+from asen.cli import app
 
 runner = CliRunner()
 ATTRS = [AttributeSpec("collar", 3), AttributeSpec("sleeve", 4), AttributeSpec("hem", 2)]

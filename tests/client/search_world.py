@@ -10,8 +10,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cli import app
-from client.server import free_ports, start_server
+from asen.cli import app
+from asen.client.server import free_ports, start_server
 
 runner = CliRunner()
 

@@ -28,7 +28,7 @@ def serve_process(
     for key, value in ports.items():
         args += [f"--{key.replace('_', '-')}", value]
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from cli import main; main()", "serve", *map(str, args)],
+        [sys.executable, "-c", "from asen.cli import main; main()", "serve", *map(str, args)],
         cwd=Path(__file__).parents[2],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

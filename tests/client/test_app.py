@@ -14,8 +14,8 @@ import pytest
 from markupsafe import escape
 from starlette.testclient import TestClient
 
-from client.app import Settings, create_app
-from client.server import free_port
+from asen.client.app import Settings, create_app
+from asen.client.server import free_port
 from tests.client.search_world import serving_search_repo
 
 CHROMIUM = shutil.which("chromium")
@@ -137,7 +137,7 @@ def test_gallery_image_is_served(client, world) -> None:
 def test_cli_errors_are_one_line() -> None:
     from typer.testing import CliRunner
 
-    from cli import app
+    from asen.cli import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["app", "--url", f"127.0.0.1:{free_port()}"])

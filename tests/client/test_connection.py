@@ -9,13 +9,13 @@ import sys
 
 import numpy as np
 import pytest
+from asen.client.server import free_port
+from asen.client.triton import TritonEncoder
 from typer.testing import CliRunner
 
 from asen import AsenError
-from cli import app
-from client.connection import Tls, parse_headers
-from client.server import free_port
-from client.triton import TritonEncoder
+from asen.cli import app
+from asen.remote import Tls, parse_headers
 from tests.client.relay import Relay, self_signed, tls_context
 
 runner = CliRunner()
@@ -87,7 +87,7 @@ def test_wrong_certificate_is_one_line(server, synth, tmp_path, protocol) -> Non
     other, _ = self_signed(tmp_path, "other")
     with Relay(url_of(server, protocol), tls=tls_context(cert, key)) as relay:
         done = subprocess.run(
-            [sys.executable, "-c", "from cli import main; main()"]
+            [sys.executable, "-c", "from asen.cli import main; main()"]
             + ["eval", "asen", "--backend", "triton", "--data", str(synth)]
             + ["--url", relay.url, "--protocol", protocol, "--ssl"]
             + ["--root-certificates", str(other)],

@@ -8,11 +8,11 @@ import csv
 import pytest
 from typer.testing import CliRunner
 
-import client.perf as perf
+import asen.client.perf as perf
 from asen import AsenError
-from cli import app
-from client.perf import Sweep
-from client.server import free_port
+from asen.cli import app
+from asen.client.perf import Sweep
+from asen.client.server import free_port
 
 runner = CliRunner()
 

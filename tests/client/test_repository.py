@@ -11,9 +11,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from asen.encoders import ModelInfo
-from client.server import build_view, plan_models
-from export.layout import artifact_path, read_sidecar, write_sidecar
-from export.repository import write_repository
+from asen.client.server import build_view, plan_models
+from asen.export.layout import artifact_path, read_sidecar, write_sidecar
+from asen.export.repository import write_repository
 
 TRITON_TYPE = {"UINT8": "TYPE_UINT8", "INT64": "TYPE_INT64", "FLOAT": "TYPE_FP32"}
 PYTRITON = {"python", "ensemble"}  # the backends of the server in the nvidia-pytriton wheel

@@ -20,14 +20,14 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
-import client.server
+import asen.client.server
 from asen import AsenError
 from asen.config import load_config
 from asen.data.splits import open_dataset
 from asen.evaluate import embed_split
-from cli import app
-from client.server import launch, start_server
-from client.triton import TritonEncoder
+from asen.cli import app
+from asen.client.server import launch, start_server
+from asen.client.triton import TritonEncoder
 from tests.client.serve_process import serve_process
 from tests.processes import children
 
@@ -105,8 +105,8 @@ def test_model_that_fails_to_load_shows_tritons_message(repo, tmp_path, ports) -
 def test_missing_repository_and_server(tmp_path, monkeypatch, ports) -> None:
     with pytest.raises(AsenError, match="no such model repository"):
         launch(tmp_path / "nothing", **ports)
-    monkeypatch.setattr(client.server.shutil, "which", lambda name: None)
-    monkeypatch.setattr(client.server.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(asen.client.server.shutil, "which", lambda name: None)
+    monkeypatch.setattr(asen.client.server.importlib.util, "find_spec", lambda name: None)
     result = runner.invoke(app, ["serve", "--repo", str(tmp_path)])
     assert result.exit_code == 1
     assert result.output.startswith("error: no tritonserver found: run inside NVIDIA's Triton")
@@ -151,7 +151,7 @@ def test_serve_killed_leaves_no_process(repo, tmp_path, ports, sig) -> None:
             left = [pid for pid in left if running(pid)]
         proc.communicate(timeout=30)
     assert not left, f"still running 5 s after {sig.name}: {left}"
-    client.server.check_ports("127.0.0.1", {f"--{k}": v for k, v in ports.items()})
+    asen.client.server.check_ports("127.0.0.1", {f"--{k}": v for k, v in ports.items()})
 
 
 def test_stale_server_of_ours_is_named_with_how_to_stop_it(repo, tmp_path, ports) -> None:
@@ -229,7 +229,7 @@ def test_ctrl_c_while_the_banner_prints_stops_cleanly(repo, tmp_path, ports) -> 
         raise KeyboardInterrupt
 
     with start_server(repo, log_file=tmp_path / "log", **ports) as handle:
-        client.server.serve_until_stopped(handle, announce=ctrl_c)
+        asen.client.server.serve_until_stopped(handle, announce=ctrl_c)
         assert gone(handle.process.pid)
 
 

@@ -18,13 +18,13 @@ from asen.data.images import BadImageError, load_image
 from asen.data.splits import open_dataset
 from asen.encoders import TorchEncoder
 from asen.evaluate import evaluate
-from cli import app
-from client.server import free_port, start_server
-from client.triton import TritonEncoder
-from export.encoders import OnnxEncoder
-from export.layout import artifact_path
-from export.onnx import physical_cores
-from export.repository import read_config, write_config
+from asen.cli import app
+from asen.client.server import free_port, start_server
+from asen.client.triton import TritonEncoder
+from asen.export.encoders import OnnxEncoder
+from asen.export.layout import artifact_path
+from asen.export.onnx import physical_cores
+from asen.export.repository import read_config, write_config
 from tests.processes import children
 
 runner = CliRunner()

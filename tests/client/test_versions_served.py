@@ -14,14 +14,14 @@ from asen import AsenError
 from asen.checkpoint import atomic_save, make_checkpoint
 from asen.config import load_config
 from asen.model.asen import ASENPP
-from cli import app
-from client.server import free_port, has_gpu
-from client.triton import TritonEncoder
-from export.build import export_model
-from export.deployment import DeploymentOptions
-from export.encoders import OnnxEncoder
-from export.repository import write_repository
-from export.versions import VersionRequest
+from asen.cli import app
+from asen.client.server import free_port, has_gpu
+from asen.client.triton import TritonEncoder
+from asen.export.build import export_model
+from asen.export.deployment import DeploymentOptions
+from asen.export.encoders import OnnxEncoder
+from asen.export.repository import write_repository
+from asen.export.versions import VersionRequest
 from tests.client.conftest import ATTRIBUTES
 from tests.client.serve_process import serve_process
 

@@ -11,8 +11,8 @@ from asen.checkpoint import atomic_save, make_checkpoint
 from asen.config import AttributeSpec, load_config
 from asen.data.synthetic import DEFAULT_ATTRIBUTES, generate
 from asen.model.asen import ASENPP
-from export.build import export_model
-from export.calibrate import CalibrationSource
+from asen.export.build import export_model
+from asen.export.calibrate import CalibrationSource
 
 ATTRIBUTES = [AttributeSpec(n, v) for n, v in DEFAULT_ATTRIBUTES.items()]
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import export.build
-from cli import app
-from export.verify import Tolerance
+import asen.export.build
+from asen.cli import app
+from asen.export.verify import Tolerance
 
 runner = CliRunner()
 TRT_READY = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
@@ -55,7 +55,7 @@ def test_export_prints_and_replaces(checkpoints, tmp_path):
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_failed_verification_leaves_nothing(checkpoints, repos, tmp_path, monkeypatch, existing):
-    monkeypatch.setattr(export.build, "ONNX_TOLERANCE", Tolerance(1.5, 0.0))  # impossible
+    monkeypatch.setattr(asen.export.build, "ONNX_TOLERANCE", Tolerance(1.5, 0.0))  # impossible
     repo = tmp_path / "new" / "models"  # created for the export, removed again
     if existing:
         repo = tmp_path / "models"

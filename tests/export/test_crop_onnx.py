@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from asen.config import AttributeSpec
 from asen.encoders import ModelInfo
 from asen.model.asen import ASENPP
-from export.onnx import export_onnx, session
+from asen.export.onnx import export_onnx, session
 from tests.asen.model.test_crop_parity import (
     LOCAL,
     MIN_COSINE,

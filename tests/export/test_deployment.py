@@ -11,9 +11,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from typer.testing import CliRunner
 
 from asen import AsenError
-from cli import app
-from export.deployment import DeploymentOptions
-from export.repository import read_config, write_repository
+from asen.cli import app
+from asen.export.deployment import DeploymentOptions
+from asen.export.repository import read_config, write_repository
 
 runner = CliRunner()
 GPU, CPU = mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_CPU

@@ -13,10 +13,10 @@ import torch
 from asen import AsenError
 from asen.checkpoint import load_checkpoint
 from asen.encoders import ModelInfo, TorchEncoder
-from export.encoders import OnnxEncoder, open_encoder
-from export.layout import artifact_path, find_artifact, read_sidecar
-from export.onnx import OPSET, physical_cores
-from export.verify import ONNX_TOLERANCE, compare, probe_inputs
+from asen.export.encoders import OnnxEncoder, open_encoder
+from asen.export.layout import artifact_path, find_artifact, read_sidecar
+from asen.export.onnx import OPSET, physical_cores
+from asen.export.verify import ONNX_TOLERANCE, compare, probe_inputs
 
 
 @pytest.mark.parametrize("stage", [1, 2])

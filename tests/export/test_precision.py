@@ -13,12 +13,12 @@ from onnx import numpy_helper
 from asen import AsenError
 from asen.data.splits import open_dataset
 from asen.model.shape import ModelInfo
-from export.calibrate import CalibrationSource, calibration_set, choose_pairs
-from export.encoders import OnnxEncoder
-from export.layout import in_model, read_sidecar
-from export.onnx import check_onnx
-from export.precision import parse_precisions, reduced_nodes
-from export.verify import probe_inputs
+from asen.export.calibrate import CalibrationSource, calibration_set, choose_pairs
+from asen.export.encoders import OnnxEncoder
+from asen.export.layout import in_model, read_sidecar
+from asen.export.onnx import check_onnx
+from asen.export.precision import parse_precisions, reduced_nodes
+from asen.export.verify import probe_inputs
 
 KEPT_FP32 = {"Softmax", "RoiAlign", "ReduceL2", "Resize", "ReduceMin", "ReduceMax", "Div", "Sub"}
 
@@ -170,8 +170,8 @@ def test_every_precision_is_served_by_a_real_tritonserver(precision_repo, tmp_pa
     """`asen serve`'s server loads every precision's model and ensemble (the bundled server
     runs the graphs through the Python-backend ONNX Runtime model), and Triton's INT8
     embeddings are ONNX Runtime's."""
-    from client.server import free_port, start_server
-    from client.triton import TritonEncoder
+    from asen.client.server import free_port, start_server
+    from asen.client.triton import TritonEncoder
 
     ports = {k: free_port() for k in ("http_port", "grpc_port", "metrics_port")}
     with start_server(precision_repo, log_file=tmp_path / "server.log", **ports) as handle:
@@ -192,7 +192,7 @@ def test_eval_and_embed_take_reduced_precision_models(precision_repo, synth, tmp
     that export's verification recorded in its model.json; `asen embed` writes its rows."""
     from typer.testing import CliRunner
 
-    from cli import app
+    from asen.cli import app
 
     runner = CliRunner()
     folder = precision_repo / model_name

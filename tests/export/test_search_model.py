@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from asen import AsenError
 from asen.search import SearchIndex
-from cli import app
-from export.repository import read_config
-from export.search_model import (
+from asen.cli import app
+from asen.export.repository import read_config
+from asen.export.search_model import (
     INDEX_DIR,
     SEARCH_MODEL,
     SOURCE,

@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from asen import AsenError
-from cli import app
-from export import staging
-from export.build import export_model
+from asen.cli import app
+from asen.export import staging
+from asen.export.build import export_model
 
 runner = CliRunner()
 ROOT = Path(__file__).parents[2]
@@ -50,7 +50,7 @@ def _export_in_subprocess(checkpoint: Path, repo: Path, fault: str) -> subproces
     args = ["export", str(checkpoint), "--repo", str(repo), "--precision", "fp32,fp16"]
     args += ["--max-batch", "4", "--min-cosine", "0.9"]
     return subprocess.run(
-        [sys.executable, "-c", "from cli import main; main()", *args],
+        [sys.executable, "-c", "from asen.cli import main; main()", *args],
         cwd=ROOT,
         env={**os.environ, staging.FAULT_ENV: fault},
         capture_output=True,
@@ -171,7 +171,7 @@ def test_switch_failure_rolls_back(previous, tmp_path):
 def test_recovered_repository_is_servable(checkpoints, previous, tmp_path):
     """After a kill in the middle of the switch and the recovery, the real tritonserver
     loads the repository and serves the previous model."""
-    from client.server import free_port, start_server
+    from asen.client.server import free_port, start_server
 
     result = _export_in_subprocess(checkpoints[1], previous, "switch-in")
     assert result.returncode == -9

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from asen import AsenError
-from export.verify import ONNX_TOLERANCE, Parity, compare, require, tolerance_for
+from asen.export.verify import ONNX_TOLERANCE, Parity, compare, require, tolerance_for
 
 
 def test_compare_figures():

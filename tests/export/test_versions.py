@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from asen import AsenError
-from cli import app
-from export.layout import read_sidecar
-from export.versions import MANIFEST, VersionRequest, install, version_folders
+from asen.cli import app
+from asen.export.layout import read_sidecar
+from asen.export.versions import MANIFEST, VersionRequest, install, version_folders
 
 runner = CliRunner()
 
