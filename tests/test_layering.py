@@ -47,7 +47,8 @@ def test_the_library_imports_neither_export_nor_client() -> None:
 
 
 def test_the_check_sees_function_local_imports() -> None:
-    tree = ast.parse("def f():\n    from asen.export.onnx import OPSET\n    import asen.client.triton\n")
+    source = "def f():\n    from asen.export.onnx import OPSET\n    import asen.client.triton\n"
+    tree = ast.parse(source)
     modules = [m for _, m in _imported_modules(tree)]
     assert modules == ["asen.export.onnx", "asen.client.triton"]
     assert all(_is_upper_layer(m) for m in modules)
@@ -64,4 +65,22 @@ def test_no_function_is_over_80_lines(part: str) -> None:
                 lines = node.end_lineno - first + 1
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert long == []
+
+
+def _command_modules() -> list[Path]:
+    return [
+        *_sources("asen/commands"),
+        ROOT / "export" / "commands.py",
+        ROOT / "client" / "commands.py",
+    ]
+
+
+def test_the_cli_only_composes_and_command_modules_stay_small() -> None:
+    assert len((ROOT / "asen" / "cli.py").read_text().splitlines()) < 200
+    long = [
+        f"{path.relative_to(ROOT)} ({n} lines)"
+        for path in _command_modules()
+        if (n := len(path.read_text().splitlines())) > 400
+    ]
     assert long == []

@@ -59,7 +59,14 @@ def backend_options(
     }
 
 
-def embed_split(model: str, split: SplitOptions, encoder: EncoderOptions, options: dict):
+def embed_split(
+    model: str,
+    *,
+    split: SplitOptions,
+    encoder: EncoderOptions,
+    server: ServerAddress,
+    connection: TritonConnection,
+):
     """Open the backend's Encoder, embed the split (sharded under torchrun) and close it;
     returns (dataset, embedded) on rank 0 and None on the other ranks."""
     from asen.data.splits import open_dataset
@@ -68,6 +75,7 @@ def embed_split(model: str, split: SplitOptions, encoder: EncoderOptions, option
     from asen.evaluate import num_pairs
 
     backend = encoder.backend.value
+    options = backend_options(encoder, server, connection)
     with process_group(encoder.device, encoder.dist_timeout):
         with open_encoder(backend, model, **options) as opened:
             dataset = open_dataset(split.data, opened.info.attributes)
@@ -106,25 +114,17 @@ def print_map_table(results: list) -> None:
 
 
 @with_options(**EMBED_GROUPS)
-def eval_(
-    model: ModelArg,
-    json_out: JsonOut = None,
-    *,
-    split: SplitOptions,
-    encoder: EncoderOptions,
-    server: ServerAddress,
-    connection: TritonConnection,
-) -> None:
+def eval_(model: ModelArg, json_out: JsonOut = None, **groups: Any) -> None:
     """Per-attribute and overall mAP (the paper's protocol) through any backend."""
     from asen.atomic import atomic_write_text
     from asen.evaluate import score
 
-    options = backend_options(encoder, server, connection)
-    done = embed_split(model, split, encoder, options)
+    done = embed_split(model, **groups)
     if done is None:
         return
     dataset, embedded = done
-    result = score(embedded, dataset.names, backend=encoder.backend.value, split=split.split)
+    backend, split = groups["encoder"].backend.value, groups["split"].split
+    result = score(embedded, dataset.names, backend=backend, split=split)
     print_map_table([result])
     if result.skipped:
         console.print(
@@ -139,15 +139,10 @@ def eval_(
 def embed(
     model: ModelArg,
     out: Annotated[Path, typer.Option(callback=output_file, help="Output .npz file.")],
-    *,
-    split: SplitOptions,
-    encoder: EncoderOptions,
-    server: ServerAddress,
-    connection: TritonConnection,
+    **groups: Any,
 ) -> None:
     """Embed every query and candidate entry of a split into an .npz file."""
-    options = backend_options(encoder, server, connection)
-    done = embed_split(model, split, encoder, options)
+    done = embed_split(model, **groups)
     if done is None:
         return
     dataset, embedded = done

@@ -24,33 +24,25 @@ from asen import AsenError
 from asen.backends import backend_names
 
 
-def _output_file(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
-    """Option callback: an output file that could not be written at the end of the work is
-    refused before it starts (one line, exit 1)."""
-    from asen.output_paths import check_output_file
+def _checked_path(check: str) -> Callable:
+    """An option callback: an output path that could not be written at the end of the work
+    (asen.output_paths.`check`) is refused before it starts (one line, exit 1)."""
 
-    if value is not None:
-        try:
-            check_output_file(value)
-        except AsenError as e:
-            raise typer.BadParameter(str(e)) from None
-    return value
+    def callback(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
+        from asen import output_paths
 
+        if value is not None:
+            try:
+                getattr(output_paths, check)(value)
+            except AsenError as e:
+                raise typer.BadParameter(str(e)) from None
+        return value
 
-def _output_folder(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
-    """Option callback: an output folder that cannot be made or written is refused first."""
-    from asen.output_paths import check_output_folder
-
-    if value is not None:
-        try:
-            check_output_folder(value)
-        except AsenError as e:
-            raise typer.BadParameter(str(e)) from None
-    return value
+    return callback
 
 
-output_file = _output_file
-output_folder = _output_folder
+output_file = _checked_path("check_output_file")
+output_folder = _checked_path("check_output_folder")
 
 Configs = Annotated[
     list[str],
@@ -77,9 +69,7 @@ DistTimeout = Annotated[
 ]
 JsonOut = Annotated[
     Path | None,
-    typer.Option(
-        "--json", callback=_output_file, help="Also write the figures or results as JSON."
-    ),
+    typer.Option("--json", callback=output_file, help="Also write the figures or results as JSON."),
 ]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per encoder call.")]
 Split = Annotated[str, typer.Option(help="valid or test.")]
@@ -201,7 +191,8 @@ def _default(field: dataclasses.Field) -> Any:
 
 def with_options(**groups: type) -> Callable[[Callable], Callable]:
     """Add each option group's fields to the decorated command's options (after its own);
-    the command receives one instance of each group under the given keyword."""
+    the command receives one instance of each group under the given keyword (as a named
+    parameter, or in its **kwargs)."""
 
     def decorate(command: Callable) -> Callable:
         own = inspect.signature(command, eval_str=True)
@@ -215,7 +206,12 @@ def with_options(**groups: type) -> Callable[[Callable], Callable]:
             for group in groups.values()
             for field in dataclasses.fields(group)
         ]
-        parameters = [p for p in own.parameters.values() if p.name not in groups] + added
+        kept = [
+            p
+            for p in own.parameters.values()
+            if p.name not in groups and p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        parameters = kept + added
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
