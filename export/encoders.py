@@ -99,13 +99,3 @@ class TrtEncoder(Encoder):
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise AsenError(f"{self.path}: TensorRT execution failed")
             return embedding.cpu().numpy()  # waits for the stream
-
-
-ENCODERS: dict[str, type[Encoder]] = {"onnx": OnnxEncoder, "trt": TrtEncoder}
-
-
-def open_encoder(
-    backend: str, path: str | Path, device: str = "auto", *, batch_size: int = 64
-) -> Encoder:
-    """The onnx or trt Encoder for an artifact file or a model repository folder."""
-    return ENCODERS[backend].open(str(path), device=device, batch_size=batch_size)

@@ -9,14 +9,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
-from asen import AsenError
-from asen.checkpoint import load_checkpoint
-from asen.encoders import ModelInfo, TorchEncoder
-from asen.export.encoders import OnnxEncoder, open_encoder
+from asen.export.encoders import OnnxEncoder
 from asen.export.layout import artifact_path, find_artifact, read_sidecar
 from asen.export.onnx import OPSET, physical_cores
 from asen.export.verify import ONNX_TOLERANCE, compare, probe_inputs
+
+from asen import AsenError
+from asen.backends import open_encoder
+from asen.checkpoint import load_checkpoint
+from asen.encoders import ModelInfo, TorchEncoder
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -87,7 +88,7 @@ def test_parity_with_pytorch(repos, checkpoints, stage):
 
 
 def test_onnx_encoder(repos, checkpoints):
-    enc = open_encoder("onnx", repos[1], "auto", batch_size=64)
+    enc = open_encoder("onnx", str(repos[1]), device="auto", batch_size=64)
     assert enc.providers == ["CPUExecutionProvider"]  # no CUDA provider in this onnxruntime
     assert "CPUExecutionProvider" in enc.describe()
     assert enc.batch_size == 3  # capped at the graph's max batch

@@ -10,14 +10,15 @@ from unittest import mock
 
 import pytest
 import torch
-
-from asen import AsenError
-from asen.checkpoint import load_checkpoint
-from asen.encoders import ModelInfo, TorchEncoder
 from asen.export import tensorrt as trt_mod
-from asen.export.encoders import TrtEncoder, open_encoder
+from asen.export.encoders import TrtEncoder
 from asen.export.layout import artifact_path, in_model, read_sidecar, write_sidecar
 from asen.export.verify import TRT_TOLERANCE, check_parity
+
+from asen import AsenError
+from asen.backends import open_encoder
+from asen.checkpoint import load_checkpoint
+from asen.encoders import ModelInfo, TorchEncoder
 
 TRT_READY = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 needs_trt = pytest.mark.skipif(
@@ -90,9 +91,9 @@ def test_trt_encoder_errors(tmp_path, repos):
     with pytest.raises(AsenError, match="sidecar missing"):
         TrtEncoder(plan)
     with pytest.raises(AsenError, match="--device cpu is not possible"):
-        open_encoder("trt", plan, "cpu")
+        open_encoder("trt", str(plan), device="cpu")
     with pytest.raises(AsenError, match="no model.plan"):
-        open_encoder("trt", repos[2])
+        open_encoder("trt", str(repos[2]))
     if not TRT_READY:
         write_sidecar(plan, read_sidecar(artifact_path(repos[2], "asen", "onnx")))
         with pytest.raises(AsenError, match="TensorRT needs TensorRT 10 or 11 and a CUDA GPU"):
