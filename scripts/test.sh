@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: set up, lint, format check, pytest.
+# The whole test suite: set up, lint, format check, the docs site, pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,4 +13,8 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# the docs site: a broken link, an unknown page or a figure file that does not render fails
+site="$(mktemp -d)"
+trap 'rm -rf "$site"' EXIT
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site"
 .venv/bin/python -m pytest "$@"
