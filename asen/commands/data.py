@@ -100,7 +100,7 @@ def import_(
         workers=workers,
     )
     with progress() as bars:
-        task = bars.add_task("downloading", total=None, info="")
+        task = bars.add_task("checking images", total=None, info="")
         report = import_dataset(
             labels,
             out,

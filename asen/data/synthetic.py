@@ -218,8 +218,14 @@ def _check(n_train: int, n_eval: int, attributes: dict[str, int], image_size: in
             raise AsenError(f"attribute {name!r} needs 2 to {MAX_VALUES} values, got {n}")
 
 
-def _write_lines(path: Path, lines: list[str]) -> None:
+def write_lines(path: Path, lines: list[str]) -> None:
+    """A split file (or any text file of lines), each line ended by a newline, atomically."""
     atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def write_dataset_yaml(out: Path, meta: dict) -> None:
+    """`out/dataset.yaml`, keys in the order given."""
+    atomic_write_text(out / "dataset.yaml", yaml.safe_dump(meta, sort_keys=False))
 
 
 def generate(
@@ -266,19 +272,19 @@ def _write(
         for name, vals, image_seed in zip(names, values, seeds, strict=True):
             img = render(vals.tolist(), counts, int(image_seed), image_size)
             atomic_write(out / name, lambda fh, img=img: img.save(fh, "PNG", compress_level=1))
-        _write_lines(out / f"filenames_{split}.txt", names)
+        write_lines(out / f"filenames_{split}.txt", names)
         if split == "train":
             labels = (" ".join(f"{a} {v}" for a, v in enumerate(vals)) for vals in values)
-            _write_lines(out / "label_train.txt", [f"{i} {lab}" for i, lab in enumerate(labels)])
+            write_lines(out / "label_train.txt", [f"{i} {lab}" for i, lab in enumerate(labels)])
         else:
             lines = [f"{i} {a} {v}" for i, vals in enumerate(values) for a, v in enumerate(vals)]
             cut = n_queries * len(counts)
-            _write_lines(out / f"query_{split}.txt", lines[:cut])
-            _write_lines(out / f"candidate_{split}.txt", lines[cut:])
+            write_lines(out / f"query_{split}.txt", lines[:cut])
+            write_lines(out / f"candidate_{split}.txt", lines[cut:])
     meta = {
         "name": "synthetic",
         "seed": seed,
         "attributes": [{"name": k, "values": v} for k, v in attributes.items()],
     }
-    atomic_write_text(out / "dataset.yaml", yaml.safe_dump(meta, sort_keys=False))
+    write_dataset_yaml(out, meta)
     return meta
