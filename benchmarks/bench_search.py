@@ -2,28 +2,27 @@
 search` makes after encoding the query) on a 100,000-item gallery of 2048-d embeddings.
 
 Latency is one query at a time, top 10, encoding excluded. Two galleries, both
-l2-normalised float32: `uniform` (random directions, the issue's gallery: no neighbour
-structure, the worst case for any approximate index) and `clustered` (1,000 clusters,
+l2-normalised float32: `uniform` (random directions: no neighbour structure, the
+worst case for any approximate index) and `clustered` (1,000 clusters,
 cosine ~0.5 within a cluster, ~0 across, like embeddings a trained model groups). Each is
 searched as one attribute's index of 100,000 items (exact flat and IVF) and, exactly, as
 one attribute's share of a 100,000-item gallery over 8 attributes (12,500 items).
 Recall@10 of IVF is measured against the exact flat result. Prints one JSON object.
+
+    python -m benchmarks.bench_search [--queries 200] [--seed 0] [--figures PATH]
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import json
 import os
-import sys
 import time
-from pathlib import Path
 
+import faiss
 import numpy as np
 
-if importlib.util.find_spec("asen") is None:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from asen.evaluate import EmbeddedSplit
+from asen.search import SearchIndex
+from benchmarks import harness
 
 ITEMS, DIM, TOP, ATTRIBUTES, CLUSTERS = 100_000, 2048, 10, 8, 1000
 
@@ -41,9 +40,6 @@ def _gallery(kind: str, n: int, rng: np.random.Generator, centres: np.ndarray) -
 
 
 def _index(emb: np.ndarray, ivf: bool, nprobe: int):
-    from asen.evaluate import EmbeddedSplit
-    from asen.search import SearchIndex
-
     n = len(emb)
     split = EmbeddedSplit(
         embeddings=emb,
@@ -80,8 +76,6 @@ def _recall(found: list[list[int]], exact: list[list[int]]) -> float:
 
 
 def run(queries: int = 200, seed: int = 0, nprobes: tuple[int, ...] = (8, 16, 32)) -> dict:
-    import faiss
-
     rng = np.random.default_rng(seed)
     centres = _normalise(rng.standard_normal((CLUSTERS, DIM), dtype=np.float32))
     results = []
@@ -129,12 +123,34 @@ def run(queries: int = 200, seed: int = 0, nprobes: tuple[int, ...] = (8, 16, 32
     }
 
 
+def figures(result: dict) -> harness.Figures:
+    """One row per gallery and index: latency, recall and build time."""
+    keys = ["gallery", "index", "items_in_index", "p50_ms", "p99_ms", "recall_at_10", "build_s"]
+    columns = [
+        "gallery",
+        "index",
+        "items in index",
+        "p50 (ms)",
+        "p99 (ms)",
+        "recall@10",
+        "build (s)",
+    ]
+    rows = [[row[k] for k in keys] for row in result["results"]]
+    notes = [
+        result["measures"],
+        result["gallery"],
+        result["items_in_index"],
+        f"{result['queries']} queries, FAISS {result['faiss']}",
+    ]
+    return harness.Figures("Search latency and recall (SearchIndex)", columns, rows, notes)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(json.dumps(run(args.queries, args.seed), indent=2))
+    harness.finish(run(args.queries, args.seed), args, figures, indent=2)
 
 
 if __name__ == "__main__":

@@ -16,26 +16,28 @@ Gallery statistics: CLUSTERS centres drawn at random on the sphere, cluster size
 (a few large, many small), items at cosine ~0.7 from their centre with per-cluster spread;
 queries are fresh draws from the same clusters (not in the gallery). Prints one JSON object.
 
-    .venv/bin/python benchmarks/bench_search_served.py --items 100000           # quick
-    .venv/bin/python benchmarks/bench_search_served.py --items 1000000 --served  # full
+    python -m benchmarks.bench_search_served --items 100000           # quick
+    python -m benchmarks.bench_search_served --items 1000000 --served  # full
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import importlib.util
 import json
 import os
 import resource
-import sys
+import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
-if importlib.util.find_spec("asen") is None:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from asen import AsenError
+from asen.atomic import atomic_write_text
+from asen.evaluate import EmbeddedSplit
+from asen.search import KMEANS_ITERATIONS, SearchIndex
+from benchmarks import harness
 
 TOP, DIM, CLUSTERS = 10, 256, 1000
 
@@ -72,8 +74,6 @@ def _rss_mb() -> float:
 
 
 def _split(emb: np.ndarray):
-    from asen.evaluate import EmbeddedSplit
-
     n = len(emb)
     return EmbeddedSplit(
         embeddings=emb,
@@ -87,8 +87,6 @@ def _split(emb: np.ndarray):
 
 def _faiss_bytes(index) -> int:
     """Bytes FAISS holds for an index: vectors or codes, ids and the coarse centroids."""
-    import faiss
-
     if isinstance(index, faiss.IndexFlat):
         return index.ntotal * index.code_size
     ivf = faiss.extract_index_ivf(index)
@@ -98,10 +96,6 @@ def _faiss_bytes(index) -> int:
 def _compressed(emb: np.ndarray, kind: str, nlist: int):
     """IVF with compressed vectors, same nlist as IVF: `pq<m>` (m sub-quantisers of 8 bits,
     m bytes a vector) or `sq8` (8-bit scalar quantiser, one byte a dimension)."""
-    import faiss
-
-    from asen.search import KMEANS_ITERATIONS
-
     d, quantizer = emb.shape[1], faiss.IndexFlatIP(emb.shape[1])
     if kind == "sq8":
         index = faiss.IndexIVFScalarQuantizer(
@@ -117,8 +111,6 @@ def _compressed(emb: np.ndarray, kind: str, nlist: int):
 
 def bench_compressed(emb, queries, truth, kind: str, nlist: int, nprobes: list[int]) -> dict:
     """Build time, bytes, recall@10 and latency of one compressed IVF variant."""
-    import faiss
-
     start = time.perf_counter()
     index = _compressed(emb, kind, nlist)
     build_s = time.perf_counter() - start
@@ -182,10 +174,6 @@ def _stats(ms: np.ndarray) -> dict:
 
 def bench_attribute(attribute: int, args) -> dict:
     """Build flat, IVF and compressed IVF over one attribute's gallery; recall, latency."""
-    import faiss
-
-    from asen.search import SearchIndex
-
     gallery = Gallery(seed=attribute, dim=args.dim)
     emb = gallery.draw(args.items)
     queries = gallery.draw(args.queries)
@@ -246,11 +234,11 @@ def _perf_analyzer() -> str | None:
 def _export_random_model(root: Path, attributes: int) -> Path:
     """A randomly initialised `small` stage-2 model exported to `root/models`."""
     import torch
+    from asen.export.build import export_model
 
     from asen.checkpoint import atomic_save, make_checkpoint
     from asen.config import AttributeSpec, load_config
     from asen.model.asen import ASENPP
-    from asen.export.build import export_model
 
     specs = [AttributeSpec(f"attr{i}", 4) for i in range(attributes)]
     torch.manual_seed(0)
@@ -266,9 +254,9 @@ def _served_repo(root: Path, args) -> tuple[Path, bytes, str]:
     repository, a query image and an attribute name."""
     import shutil
 
-    from asen.data.synthetic import generate
-    from asen.search import SearchIndex
     from asen.export.search_model import SEARCH_MODEL, add_search_model, encoder_identity
+
+    from asen.data.synthetic import generate
 
     if args.repo:
         repo = root / "models"
@@ -395,8 +383,8 @@ def bench_served(args, root: Path) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _parser():
+    parser = harness.parser(__doc__)
     parser.add_argument("--items", type=int, default=1_000_000, help="gallery items per attribute")
     parser.add_argument("--attributes", type=int, default=4)
     parser.add_argument("--dim", type=int, default=DIM)
@@ -423,7 +411,53 @@ def main() -> None:
         "--stability", type=int, default=10, help="perf_analyzer --stability-percentage"
     )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
-    args = parser.parse_args()
+    return parser
+
+
+def figures(result: dict) -> harness.Figures:
+    """One row per attribute, index kind and nprobe; the served figures in the notes."""
+    rows = []
+    for attribute, found in result["attributes"].items():
+        for kind, index in found.items():
+            if kind == "exact":
+                continue
+            for nprobe, row in index["by_nprobe"].items():
+                mib = round(index["index_bytes"] / 2**20, 1)
+                rows.append(
+                    [
+                        attribute,
+                        kind,
+                        index["nlist"],
+                        int(nprobe),
+                        row["recall_at_10"],
+                        row["p50_ms"],
+                        row["p99_ms"],
+                        index["build_s"],
+                        mib,
+                    ]
+                )
+    columns = [
+        "attribute",
+        "index",
+        "nlist",
+        "nprobe",
+        "recall@10",
+        "p50 (ms)",
+        "p99 (ms)",
+        "build (s)",
+        "index MiB",
+    ]
+    notes = [
+        f"{result['items_per_attribute']} items of {result['dim']} dimensions per attribute, "
+        f"{result['queries']} queries one at a time, top {TOP}; recall against exact search"
+    ]
+    if "served" in result:
+        notes.append(f"asen_search served (perf_analyzer, gRPC): {json.dumps(result['served'])}")
+    return harness.Figures("Search at gallery scale (IVF and compressed IVF)", columns, rows, notes)
+
+
+def main() -> None:
+    args = _parser().parse_args()
     args.served_items = args.served_items or args.items
     result = {
         "items_per_attribute": args.items,
@@ -436,22 +470,15 @@ def main() -> None:
         result["attributes"][f"attr{a}"] = bench_attribute(a, args)
         gc.collect()
     if args.served:
-        import tempfile
-
-        from asen import AsenError
-
         with tempfile.TemporaryDirectory(prefix="asen-bench-") as tmp:
             try:
                 result["served"] = bench_served(args, Path(tmp))
             except AsenError as e:  # keep the index figures; say why the rest is missing
                 result["served"] = {"error": str(e)}
     result["load_average_end"] = os.getloadavg()
-    text = json.dumps(result, indent=2)
     if args.out:
-        from asen.atomic import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
-    print(text)
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    harness.finish(result, args, figures, indent=2)
 
 
 if __name__ == "__main__":

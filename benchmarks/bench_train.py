@@ -22,19 +22,19 @@ Loop (--loop): `asen.train.train` on a generated synthetic dataset with DataLoad
 decoding, timed by its own record (triplets/s over the epoch's steps, seconds waiting for
 data), beside the step alone in the default mode at the same size.
 
-Prints one JSON object: medians, ratios to fp32 one pass, and the issue's reference
-figures (its own training loop on the same 2-core CPU) for the paper size.
+Prints one JSON object: medians, ratios to fp32 one pass, and the reference ASEN++
+implementation's step times (its own training loop, measured on the same 2-core CPU) for the
+paper size.
+
+    python -m benchmarks.bench_train [--quick] [--sizes small paper] [--floor] [--loop]
+        [--figures PATH]
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +52,7 @@ from asen.training.step import (
     resolve_precision,
     train_step,
 )
+from benchmarks import harness
 
 SIZES = {"small": ["small"], "paper": []}  # paper: the defaults (ResNet-50/34, 224/112)
 MODES = {  # name: (micro_batch, channels_last, precision)
@@ -60,7 +61,7 @@ MODES = {  # name: (micro_batch, channels_last, precision)
     "channels_last": (CPU_MICRO_BATCH, True, "fp32"),
     "bf16_channels_last": (CPU_MICRO_BATCH, True, "bf16"),
 }
-REFERENCE_S = {"paper_stage1": 8.0, "paper_stage2": 9.7}  # s a step, the issue's table
+REFERENCE_S = {"paper_stage1": 8.0, "paper_stage2": 9.7}  # s a step, the reference's loop
 TRIPLETS = 16
 ATTRIBUTES = 8
 
@@ -83,16 +84,14 @@ def _batch(size: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]
     return images.to(device), torch.randint(0, ATTRIBUTES, (TRIPLETS,), generator=g).to(device)
 
 
-def _timed(setup: StepSetup, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
-    t0 = time.perf_counter()
+def _step(setup: StepSetup, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     train_step(setup, *batch)
     if setup.device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
-def _floor(size: str, stage: int, device: torch.device) -> Callable[[], float]:
-    """A timed step of the bare backbones (fp32, contiguous, micro-batches of 16)."""
+def _floor(size: str, stage: int, device: torch.device) -> Callable[[], None]:
+    """A step of the bare backbones (fp32, contiguous, micro-batches of 16)."""
     m = load_config(SIZES[size]).model
     torch.manual_seed(0)
     nets = [(create_backbone(m.global_backbone)[0], m.image_size)]
@@ -102,8 +101,7 @@ def _floor(size: str, stage: int, device: torch.device) -> Callable[[], float]:
     optimizer = torch.optim.Adam([p for net, _ in nets for p in net.parameters()])
     inputs = [torch.randn(3 * TRIPLETS, 3, side, side, device=device) for _, side in nets]
 
-    def step() -> float:
-        t0 = time.perf_counter()
+    def step() -> None:
         loss = sum(
             net(part).mean((2, 3)).pow(2).mean()
             for (net, _), x in zip(nets, inputs, strict=True)
@@ -114,7 +112,6 @@ def _floor(size: str, stage: int, device: torch.device) -> Callable[[], float]:
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
 
     return step
 
@@ -124,16 +121,13 @@ def step_modes(
 ) -> dict:
     """Median step seconds of every mode, timed in turn (the first round warms up)."""
     batch = _batch(size, device)
-    timers: dict[str, Callable[[], float]] = {
-        mode: functools.partial(_timed, _setup(size, stage, mode, device), batch) for mode in MODES
+    calls: dict[str, Callable[[], None]] = {
+        mode: functools.partial(_step, _setup(size, stage, mode, device), batch) for mode in MODES
     }
     if floor:
-        timers["backbones_only_fp32_micro"] = _floor(size, stage, device)
-    times: dict[str, list[float]] = {mode: [] for mode in timers}
-    for _ in range(steps + 1):
-        for mode, timer in timers.items():
-            times[mode].append(timer())
-    medians = {mode: statistics.median(t[1:]) for mode, t in times.items()}
+        calls["backbones_only_fp32_micro"] = _floor(size, stage, device)
+    times = harness.interleaved(calls, steps, warmup=1)
+    medians = {mode: harness.median(t) for mode, t in times.items()}
     out = {
         mode: {"median_step_s": round(m, 3), "triplets_per_s": round(TRIPLETS / m, 2)}
         for mode, m in medians.items()
@@ -169,7 +163,9 @@ def loop_vs_step(size: str, *, steps: int, workers: int, device: torch.device) -
     )
     setup = _setup(size, 1, default, device)
     batch = _batch(size, device)
-    alone = statistics.median([_timed(setup, batch) for _ in range(steps + 1)][1:])
+    alone = harness.median(
+        harness.interleaved({"step": lambda: _step(setup, batch)}, steps)["step"]
+    )
     loop_step_s = TRIPLETS / record["triplets_per_s"]
     return {
         "workers": workers,
@@ -183,8 +179,48 @@ def loop_vs_step(size: str, *, steps: int, workers: int, device: torch.device) -
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def figures(result: dict) -> harness.Figures:
+    """One row per size, stage and mode; the whole loop against the step in the notes."""
+    rows = []
+    for key, modes in result.items():
+        if not key.endswith(("_stage1", "_stage2")):
+            continue
+        for mode, row in modes.items():
+            if isinstance(row, dict) and "median_step_s" in row:
+                rows.append(
+                    [
+                        key.replace("_", " "),
+                        mode,
+                        row["median_step_s"],
+                        row["triplets_per_s"],
+                        row["speedup_vs_fp32"],
+                        modes.get("speedup_vs_reference", {}).get(mode),
+                    ]
+                )
+    notes = [
+        f"{result['triplets_a_step']} triplets a step on {result['device']}, "
+        f"{result['threads']} threads; medians of interleaved steps after one warm-up"
+    ]
+    for key in (k for k in result if k.endswith("_loop")):
+        loop = result[key]
+        notes.append(
+            f"{key}: the whole loop ({loop['workers']} workers) takes "
+            f"{loop['loop_over_step']}x the step alone; data wait "
+            f"{loop['data_wait_fraction']:.1%} of it"
+        )
+    columns = [
+        "size and stage",
+        "mode",
+        "step (s)",
+        "triplets/s",
+        "speed-up vs fp32",
+        "speed-up vs the reference loop",
+    ]
+    return harness.Figures("Training step speed by mode", columns, rows, notes)
+
+
+def _parser():
+    parser = harness.parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="a short run (1-2 timed steps)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (small size)")
     parser.add_argument("--paper-steps", type=int, default=None, help="timed steps (paper)")
@@ -194,7 +230,11 @@ def main() -> None:
     parser.add_argument("--loop-only", action="store_true", help="time the loop alone")
     parser.add_argument("--workers", type=int, default=2, help="loop: DataLoader workers")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = _parser().parse_args()
     steps = {
         "small": args.steps or (2 if args.quick else 10),
         "paper": args.paper_steps or (1 if args.quick else 3),
@@ -219,7 +259,7 @@ def main() -> None:
                 size, steps=max(steps[size], 3), workers=args.workers, device=device
             )
     result["load_avg_after"] = os.getloadavg()
-    print(json.dumps(result))
+    harness.finish(result, args, figures)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,17 @@ model execution, from Triton's statistics), in the same run, interleaved round b
 that other activity on a shared machine slows both alike. Optionally a concurrency sweep
 per server, system shared memory against none, and a soak at concurrency 16.
 
-    python benchmarks/bench_triton.py [--config small|paper] [--checkpoint best.pt]
+    python -m benchmarks.bench_triton [--config small|paper] [--checkpoint best.pt]
         [--concurrency 8] [--rounds 3] [--interval-ms 2000] [--sweep 1:16:1] [--shm]
-        [--soak 60]
+        [--soak 60] [--figures PATH]
 
-Prints one JSON object. Targets (issue 14): at concurrency 8 the served throughput is at
+Prints one JSON object. Serving targets: at concurrency 8 the served throughput is at
 least 0.85x direct ONNX Runtime at the formed batch size; the soak ends with zero errors
 (perf_analyzer stops at the first failed request).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -28,18 +26,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+from asen.client.perf import Sweep, Target, find_perf_analyzer, run_sweep
+from asen.client.server import free_ports, start_server
+from asen.export.build import export_model
+from asen.export.layout import artifact_path
+from asen.export.repository import read_config
 from google.protobuf import text_format
-from models import CONFIGS, random_model
 
 from asen import AsenError
 from asen.atomic import atomic_write_text
-from asen.checkpoint import atomic_save, make_checkpoint
-from asen.client.perf import Sweep, Target, run_sweep
-from asen.client.server import free_ports, start_server
-from asen.export.build import export_model
-from asen.export.encoders import OnnxEncoder
-from asen.export.layout import artifact_path
-from asen.export.repository import read_config
+from asen.backends import open_encoder
+from benchmarks import harness
+from benchmarks.models import CONFIGS, random_checkpoint
 
 ENCODER = "asen_onnx"
 STABILITY = 500  # percent: a shared CPU varies a lot between windows; medians over rounds
@@ -48,9 +46,7 @@ STABILITY = 500  # percent: a shared CPU varies a lot between windows; medians o
 def make_repo(root: Path, config: str, checkpoint: Path | None) -> Path:
     """Export `checkpoint` (or a random stage-2 model of `config`) into a fresh repository."""
     if checkpoint is None:
-        checkpoint = root / "model.pt"
-        model, cfg, attributes = random_model(config)
-        atomic_save(make_checkpoint(model, cfg, attributes), checkpoint)
+        checkpoint = random_checkpoint(config, root / "model.pt")
     repo = root / "models"
     export_model(checkpoint, repo)
     return repo
@@ -73,7 +69,8 @@ class Direct:
     """ONNX Runtime in this process at batch `batch`: the reference throughput."""
 
     def __init__(self, repo: Path, batch: int):
-        self.encoder = OnnxEncoder(artifact_path(repo, "asen", "onnx"), "cpu", batch_size=batch)
+        artifact = str(artifact_path(repo, "asen", "onnx"))
+        self.encoder = open_encoder("onnx", artifact, device="cpu", batch_size=batch)
         s, rng = self.encoder.info.source_size, np.random.default_rng(0)
         self.images = rng.integers(0, 256, (batch, 3, s, s), dtype=np.uint8)
         self.attributes = rng.integers(0, 4, batch).astype(np.int64)
@@ -119,7 +116,7 @@ def sweep(url: str, levels: Sweep, args) -> list[dict] | dict:
 
 
 def median_of(rows: list[dict], key: str) -> float:
-    return round(float(np.median([r[key] for r in rows])), 3)
+    return round(float(harness.median(r[key] for r in rows)), 3)
 
 
 def rounds(servers: dict, repo: Path, args) -> dict:
@@ -169,8 +166,8 @@ def rounds(servers: dict, repo: Path, args) -> dict:
     return report
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _parser():
+    parser = harness.parser(__doc__)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="small")
     parser.add_argument("--checkpoint", type=Path, help="serve this checkpoint's model instead")
     parser.add_argument("--concurrency", type=int, default=8)
@@ -179,7 +176,49 @@ def main() -> None:
     parser.add_argument("--sweep", help="also sweep each server over START:END:STEP")
     parser.add_argument("--shm", action="store_true", help="system shared memory vs none")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds at concurrency 16")
-    args = parser.parse_args()
+    return parser
+
+
+SERVERS = ("batching_on", "batching_off", "two_instances_1_thread")
+
+
+def figures(report: dict) -> harness.Figures:
+    """One row per server and one per direct ONNX Runtime batch size."""
+    c = report["concurrency"]
+    rows = []
+    for name in SERVERS:
+        row = report[name]
+        rows.append(
+            [
+                f"served: {name}",
+                f"concurrency {c}",
+                row["throughput_img_s"],
+                row["p50_ms"],
+                row["p99_ms"],
+                row["batch_per_execution"],
+            ]
+        )
+    for batch, rate in report["direct_onnxruntime"].items():
+        rows.append(["direct ONNX Runtime", f"batch {batch[1:]}", rate, None, None, int(batch[1:])])
+    ratio = report[f"served_vs_direct_at_formed_batch_c{c}"]["median_of_rounds"]
+    notes = [
+        f"model {report['model']}, served as {report['served_as']}, {report['cpu_cores']} cores",
+        f"served (batching on) against direct ONNX Runtime at the formed batch "
+        f"({report['formed_batch']}): {ratio}",
+    ]
+    if "shared_memory" in report:
+        shm = report["shared_memory"]
+        notes.append(f"system shared memory against none: {shm['throughput_system_vs_none']}")
+    columns = ["engine", "load", "images/s", "p50 (ms)", "p99 (ms)", "images per execution"]
+    return harness.Figures("Triton serving against ONNX Runtime in process", columns, rows, notes)
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    try:
+        find_perf_analyzer()  # before three servers start: one line saying how to get it
+    except AsenError as e:
+        raise SystemExit(f"error: {e}") from None
     root = Path(tempfile.mkdtemp(prefix="bench-triton-"))
     load_before = os.getloadavg()
     try:
@@ -189,10 +228,10 @@ def main() -> None:
             serve(variant(repo, root / "off"), root / "off.log") as off,
             serve(variant(repo, root / "two", instances=2, threads=1), root / "two.log") as two,
         ):
-            servers = {"batching_on": on, "batching_off": off, "two_instances_1_thread": two}
+            servers = dict(zip(SERVERS, (on, off, two), strict=True))
             report: dict = {
                 "model": str(args.checkpoint or args.config),
-                "cpu_cores": len(os.sched_getaffinity(0)),
+                "cpu_cores": harness.cores(),
                 "served_as": next(c.how for c in on.choices if c.model == ENCODER),
                 "concurrency": args.concurrency,
                 **rounds(servers, repo, args),
@@ -203,17 +242,22 @@ def main() -> None:
                     for name, h in servers.items()
                 }
             if args.soak:
-                soak = run_sweep(
-                    Target(on.grpc_url, ENCODER),
-                    sweep=Sweep(16, 16),
-                    interval_ms=int(args.soak * 1000 / 3),  # three windows
-                    stability=STABILITY,
-                )[0]
-                report["soak_c16"] = {**soak.as_dict(), "errors": 0, "seconds": args.soak}
+                report["soak_c16"] = soak(on.grpc_url, args.soak)
         report["load_average"] = {"before": load_before, "after": os.getloadavg()}
-        print(json.dumps(report, indent=2))
+        harness.finish(report, args, figures, indent=2)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def soak(url: str, seconds: float) -> dict:
+    """`seconds` at concurrency 16 (perf_analyzer stops at the first failed request)."""
+    found = run_sweep(
+        Target(url, ENCODER),
+        sweep=Sweep(16, 16),
+        interval_ms=int(seconds * 1000 / 3),  # three windows
+        stability=STABILITY,
+    )[0]
+    return {**found.as_dict(), "errors": 0, "seconds": seconds}
 
 
 if __name__ == "__main__":

@@ -1,18 +1,20 @@
 """The demo's time-budgeted training, this tree against an earlier revision: the same
 synthetic dataset, `asen train -c small --time-budget B` for stage 1 and then stage 2
 (initialised from stage 1's best checkpoint), and the test mAP of stage 2's best
-checkpoint. The revision defaults to ceda30f, the tree #13 measured as "today" (fp32,
+checkpoint. The revision defaults to ceda30f, the tree before the training-speed work (fp32,
 one pass of 48 images, contiguous weights, the old crop rule).
 
 Each variant runs in turn, alone, through its own tree's CLI (a `git worktree` of the
 revision, the same virtual environment). Prints one JSON object: per variant and stage
 the steps, triplets seen, median triplets/s of the epochs, and the test mAP.
 A full run is 4 x BUDGET minutes plus evaluation (about 45 minutes at the demo's 10).
+
+    python -m benchmarks.budget_map [--budget 10] [--revision ceda30f] [--work DIR]
+        [--figures PATH]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -21,14 +23,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks import harness
+
 HERE = Path(__file__).resolve().parents[1]
-RUN_CLI = "import sys; sys.argv[0] = 'asen'; import asen.cli; asen.cli.main()"
 
 
 def _asen(tree: Path, *args: str) -> None:
-    """One `asen` command of `tree` (its own packages first on the path)."""
+    """One `asen` command of `tree` (its own packages first on the path): its asen/cli.py,
+    or the top-level cli.py of a revision from before the CLI moved into the package."""
+    module = "asen.cli" if (tree / "asen" / "cli.py").is_file() else "cli"
+    run_cli = f"import sys; sys.argv[0] = 'asen'; from {module} import main; main()"
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    subprocess.run([sys.executable, "-c", RUN_CLI, *args], cwd=tree, env=env, check=True)
+    command = [sys.executable, "-c", run_cli, *args]
+    # its progress to stderr: stdout is this benchmark's one JSON object
+    subprocess.run(command, cwd=tree, env=env, check=True, stdout=sys.stderr)
 
 
 def _records(run: Path) -> list[dict]:
@@ -60,8 +68,34 @@ def _variant(tree: Path, data: Path, work: Path, budget: float) -> dict:
     return out
 
 
+def figures(result: dict) -> harness.Figures:
+    """One row per variant and stage: epochs, steps, speed, and the variant's test mAP."""
+    rows = []
+    for name, variant in result.items():
+        if not isinstance(variant, dict) or "test_map" not in variant:
+            continue
+        for stage in ("stage1", "stage2"):
+            found = variant[stage]
+            rows.append(
+                [
+                    name,
+                    stage.replace("stage", "stage "),
+                    found["epochs"],
+                    found["steps"],
+                    found["median_triplets_per_s"],
+                    variant["test_map"],
+                ]
+            )
+    columns = ["tree", "stage", "epochs", "steps", "median triplets/s", "test mAP (stage 2)"]
+    notes = [
+        f"`asen train -c small --time-budget {result['budget_min']}` for each stage, "
+        "the same synthetic dataset, variants run in turn"
+    ]
+    return harness.Figures("Time-budgeted training against an earlier tree", columns, rows, notes)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = harness.parser(__doc__)
     parser.add_argument("--budget", type=float, default=10.0, help="minutes a stage")
     parser.add_argument("--revision", default="ceda30f", help="the earlier tree")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here")
@@ -84,7 +118,7 @@ def main() -> None:
     finally:
         if added:  # the worktree this run added, and only it
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=HERE)
-    print(json.dumps(result))
+    harness.finish(result, args, figures)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,28 @@
-"""The issue's headline figures: test mAP on the default synthetic dataset for random
+"""The headline quality figures: test mAP on the default synthetic dataset for random
 weights, stage 1 (a time budget) and stage 2 (another budget, from stage 1), per attribute.
+
+    python -m benchmarks.synthetic_map [--budget 10] [--seed 0] [--work runs/bench]
+        [--figures PATH]
 
 Prints one JSON object. Takes about 2 x budget minutes plus data generation.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from asen.backends import open_encoder
+from asen.checkpoint import atomic_save, make_checkpoint
 from asen.config import load_config
 from asen.data.splits import open_dataset
 from asen.data.synthetic import generate
-from asen.encoders import ModelInfo, TorchEncoder
 from asen.evaluate import evaluate
 from asen.model.asen import ASENPP
 from asen.train import train
+from benchmarks import harness
 
 
 def figures(result) -> dict:
@@ -29,8 +32,28 @@ def figures(result) -> dict:
     }
 
 
+def to_figures(out: dict) -> harness.Figures:
+    """One row per model (random weights, stage 1, stage 2): overall and per-attribute mAP."""
+    attributes = list(out["random"]["per_attribute"])
+    rows = [
+        [name, out[key]["overall_map"], *(out[key]["per_attribute"][a] for a in attributes)]
+        for key, name in (
+            ("random", "random weights"),
+            ("stage1", "stage 1"),
+            ("stage2", "stage 2"),
+        )
+    ]
+    notes = [
+        f"{out['budget_min']} minutes of training a stage, {out['threads']} threads",
+        f"stage 1 - random: {out['stage1_minus_random']}; "
+        f"stage 2 - stage 1: {out['stage2_minus_stage1']}",
+    ]
+    columns = ["model", "test mAP", *attributes]
+    return harness.Figures("Test mAP on the default synthetic dataset", columns, rows, notes)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = harness.parser(__doc__)
     parser.add_argument("--work", type=Path, default=Path("runs/bench"))
     parser.add_argument("--budget", type=float, default=10.0, help="minutes per stage")
     parser.add_argument("--seed", type=int, default=0)
@@ -49,9 +72,10 @@ def main() -> None:
     cfg = load_config(["stage1", "small"])
     torch.manual_seed(cfg.train.seed)
     model = ASENPP(cfg.model, len(dataset.attributes), 1).eval()
-    info = ModelInfo.from_config(cfg.model, dataset.attributes, 1)
+    random_weights = args.work / f"random-{args.seed}.pt"
+    atomic_save(make_checkpoint(model, cfg, dataset.attributes), random_weights)
     batch = cfg.train.eval_batch_size
-    encoder = TorchEncoder(model, info, torch.device("cpu"), batch_size=batch)
+    encoder = open_encoder("torch", str(random_weights), device="cpu", batch_size=batch)
     out["random"] = figures(evaluate(encoder, dataset, "test", batch_size=batch))
 
     for stage in (1, 2):
@@ -68,8 +92,8 @@ def main() -> None:
             time_budget_min=args.budget,
             resume=(run / "last.pt").exists(),
         )
-        encoder = TorchEncoder.from_checkpoint(
-            run / "best.pt", "cpu", batch_size=cfg.train.eval_batch_size
+        encoder = open_encoder(
+            "torch", str(run / "best.pt"), device="cpu", batch_size=cfg.train.eval_batch_size
         )
         out[f"stage{stage}"] = {
             **figures(evaluate(encoder, dataset, "test", batch_size=cfg.train.eval_batch_size)),
@@ -84,7 +108,7 @@ def main() -> None:
     out["stage2_minus_stage1"] = round(
         out["stage2"]["overall_map"] - out["stage1"]["overall_map"], 4
     )
-    print(json.dumps(out))
+    harness.finish(out, args, to_figures)
 
 
 if __name__ == "__main__":

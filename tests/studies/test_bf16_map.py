@@ -1,10 +1,10 @@
-"""The learned-attribute tally and Fisher's exact test of benchmarks/bf16_map.py."""
+"""The learned-attribute tally and Fisher's exact test of studies/bf16_map.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.bf16_map import attributes_learned, fisher_one_sided, sign_test_one_sided
+from studies.bf16_map import attributes_learned, fisher_one_sided, sign_test_one_sided
 
 
 def test_fisher_matches_the_tea_tasting_table() -> None:
@@ -58,3 +58,27 @@ def test_attributes_learned_counts_runs_at_the_bar() -> None:
         "p_paired": 1.0,
     }
     assert "fp32_jitter" not in tally["a"]
+
+
+def test_figures_have_a_row_per_dataset_and_seed() -> None:
+    import argparse
+
+    from benchmarks.harness import figures_document
+    from studies.bf16_map import figures
+
+    def seed(fp32: float, bf16: float) -> dict:
+        return {
+            "fp32": {"stage1_test_map": fp32},
+            "bf16": {"stage1_test_map": bf16},
+            "stage1_test_map_bf16_minus_fp32": round(bf16 - fp32, 4),
+        }
+
+    result = {
+        "steps_a_stage": 30,
+        "threads": 2,
+        "d": {"seed0": seed(0.9, 0.8), "seed3": seed(0.7, 0.75), "stage1_test_map_mean": 0.0},
+    }
+    args = argparse.Namespace(datasets=["d"], n_train=400)
+    doc = figures_document(figures(result, args), source="python -m studies.bf16_map")
+    assert doc["columns"][:2] == ["dataset", "seed"]
+    assert doc["rows"] == [["d", 0, 0.9, 0.8, -0.1], ["d", 3, 0.7, 0.75, 0.05]]

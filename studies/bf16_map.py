@@ -1,8 +1,8 @@
 """Does bf16 autocast cost retrieval quality? Trains stage 1 (and with --stage2 also
 stage 2) on two synthetic datasets, once in fp32 and once under bf16 autocast, the same
 number of steps from the same training seed, for each seed in --seeds, and compares the
-test mAP of the last checkpoints (fp32 evaluation). The issue's bar: within 0.01; one
-seed is noisy, so the mean difference over the seeds is set against it, beside the range.
+test mAP of the last checkpoints (fp32 evaluation). The bar: within 0.01; one seed is
+noisy, so the mean difference over the seeds is set against it, beside the range.
 
 Datasets: the default synthetic one (seed 0, 4 attributes) and
 `asen data synth --seed 1 --attributes 3,6,2,7,4`. Prints one JSON object. Finished runs
@@ -28,12 +28,14 @@ under bf16 with one part kept in fp32 (the global stem convolution, the global b
 the global attention).
 Where a trained model keeps an attribute under bf16 inference, the forward pass carries
 that attribute's signal in bf16 and a bf16 run that fails to learn it loses it in training.
+
+    python -m studies.bf16_map [--quick] [--seeds 0,1] [--stage2] [--jitter REL]
+        [--gradients N] [--inference-from CKPT] [--figures PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -55,6 +57,7 @@ from asen.train import train
 from asen.training.epoch import epoch_loader
 from asen.training.setup import build_state, open_training_data
 from asen.training.step import MicroBatches, StepSetup, resolve_micro_batch, train_step
+from benchmarks import harness
 
 DATASETS = {"synthetic-0": (0, None), "synthetic-1-5attrs": (1, "3,6,2,7,4")}
 PRECISIONS = ("fp32", "bf16")
@@ -426,8 +429,89 @@ def _min_mean(values: dict[str, list[float]]) -> dict:
     }
 
 
+def _comparison_rows(result: dict, datasets: list[str]) -> tuple[list[str], list[list]]:
+    """Columns and one row per dataset and seed of the fp32 / bf16 comparison."""
+    first = next(iter(result[datasets[0]].values()))
+    stage2, jitter = "stage2_test_map" in first["fp32"], "fp32_jitter" in first
+    columns = ["dataset", "seed", "fp32 stage 1", "bf16 stage 1", "bf16 - fp32"]
+    columns += ["fp32 stage 2", "bf16 stage 2", "bf16 - fp32 (stage 2)"] if stage2 else []
+    columns += ["jittered fp32 - fp32"] if jitter else []
+    rows = []
+    for name in datasets:
+        for seed, run in result[name].items():
+            if not seed.startswith("seed"):
+                continue
+            row = [
+                name,
+                int(seed[4:]),
+                run["fp32"]["stage1_test_map"],
+                run["bf16"]["stage1_test_map"],
+                run["stage1_test_map_bf16_minus_fp32"],
+            ]
+            if stage2:
+                row += [
+                    run["fp32"]["stage2_test_map"],
+                    run["bf16"]["stage2_test_map"],
+                    run["stage2_test_map_bf16_minus_fp32"],
+                ]
+            rows.append(row + ([run["stage1_test_map_jitter_minus_fp32"]] if jitter else []))
+    return columns, rows
+
+
+def _inference_rows(inference: dict) -> tuple[list[str], list[list]]:
+    """Columns and one row per dataset and forward precision of --inference-from."""
+    rows = [
+        [name, variant.replace("_", " "), scores["test_map"]]
+        for name, found in inference.items()
+        for variant, scores in found.items()
+        if "test_map" in scores
+    ]
+    return ["dataset", "forward", "test mAP"], rows
+
+
+def _gradient_rows(found: dict) -> tuple[list[str], list[list]]:
+    """Columns and one row per layer of --gradients."""
+    between = found["fp32_cosine_between_consecutive_batches"]
+    errors = found["bf16_error_cosine_between_consecutive_batches"]
+    rows = [
+        [
+            layer,
+            c["min"],
+            c["mean"],
+            between.get(layer, {}).get("mean"),
+            errors.get(layer, {}).get("mean"),
+        ]
+        for layer, c in found["cosine_per_layer"].items()
+    ]
+    columns = [
+        "layer",
+        "bf16 vs fp32 cosine, min",
+        "mean",
+        "fp32 between batches, mean",
+        "bf16 error between batches, mean",
+    ]
+    return columns, rows
+
+
+def figures(result: dict, args: argparse.Namespace) -> harness.Figures:
+    """The study's table: the comparison per seed, or the inference or gradient figures."""
+    if "inference" in result:
+        title, (columns, rows) = "bf16 at inference", _inference_rows(result["inference"])
+    elif "gradient_cosine_bf16_vs_fp32" in result:
+        found = result["gradient_cosine_bf16_vs_fp32"]
+        title, (columns, rows) = "bf16 against fp32 gradients", _gradient_rows(found)
+    else:
+        title = "bf16 against fp32 training: test mAP per seed"
+        columns, rows = _comparison_rows(result, args.datasets)
+    notes = [
+        f"{result['steps_a_stage']} steps a stage, {args.n_train} training images, "
+        f"{result['threads']} threads"
+    ]
+    return harness.Figures(title, columns, rows, notes)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = harness.parser(__doc__)
     parser.add_argument("--work", type=Path, default=Path("runs/bf16_map"))
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--epochs", type=int, default=None, help="epochs a stage (default 10)")
@@ -506,7 +590,7 @@ def main() -> None:
     except AsenError as e:  # a bad --gradients-from or --work: one line
         raise SystemExit(f"error: {e}") from None
     result["load_avg_after"] = os.getloadavg()
-    print(json.dumps(result))
+    harness.finish(result, args, lambda r: figures(r, args))
 
 
 if __name__ == "__main__":
