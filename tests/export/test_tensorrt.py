@@ -191,7 +191,7 @@ def test_no_weak_typing_api_anywhere():
     ]
     files = [
         p
-        for folder in ("asen", "export", "client", "benchmarks", "scripts")
+        for folder in ("asen", "export", "client", "benchmarks", "studies", "scripts")
         for p in (root / folder).rglob("*")
         if p.suffix in (".py", ".sh")
     ]
