@@ -113,7 +113,7 @@ def import_(
 
 
 def _print_import_report(report: ImportReport) -> None:
-    """The per-attribute table, then every image left out with its reason."""
+    """The per-attribute table, every image left out with its reason, and the merges."""
     table = Table(title=f"imported {report.out}")
     table.add_column("attribute", overflow="fold")
     for column in ("values", "train", "valid", "test", "queries", "candidates"):
@@ -128,5 +128,10 @@ def _print_import_report(report: ImportReport) -> None:
     console.print(table)
     for skipped in report.skipped:
         say(f"left out {skipped.image}: {skipped.problem} ({skipped.reason})")
+    if report.merged:
+        say(
+            f"merged {report.merged_references} references into {len(report.merged)} images "
+            f"with the same bytes (listed in {report.out}/import-report.json)"
+        )
     total = ", ".join(f"{n} {split}" for split, n in report.images.items())
     say(f"wrote {report.out}: {total} images (queries and candidates: valid / test)")

@@ -6,6 +6,10 @@ Everything is checked before anything is written; the dataset is filled in a sta
 folder and switched in as one step (asen/atomic.py). Images are hard-linked into the
 dataset where the file system allows, else copied. An existing folder is replaced only
 when its `dataset.yaml` says `asen data import` wrote it.
+
+An image is its content: references whose bytes are identical (two URLs, or a URL and a
+local file) are merged into one image before the split, their labels combined, so the
+same picture never lands in two splits.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -69,10 +73,19 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Source:
-    """Where an image's bytes are and the path they get in the dataset."""
+    """Where an image's bytes are, the path they get in the dataset and their sha256."""
 
     path: Path
     name: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Merged:
+    """References with identical bytes imported as one image: the one kept and the others."""
+
+    image: str
+    references: list[str]
 
 
 @dataclass
@@ -93,12 +106,19 @@ class ImportReport:
     images: dict[str, int]
     attributes: list[AttributeReport]
     skipped: list[Skipped]
+    merged: list[Merged] = field(default_factory=list)
+
+    @property
+    def merged_references(self) -> int:
+        """References merged into another one with the same bytes."""
+        return sum(len(m.references) for m in self.merged)
 
     def to_dict(self) -> dict:
         return {
             "images": self.images,
             "attributes": [asdict(a) for a in self.attributes],
             "skipped": [asdict(s) for s in self.skipped],
+            "merged": [asdict(m) for m in self.merged],
         }
 
 
@@ -141,13 +161,14 @@ def _local_name(ref: str, where: str, root: Path | None) -> str:
     return Path("images", norm).as_posix()
 
 
-def _decode_problem(path: Path) -> str:
-    """Why an image cannot be used, without its path ('' when it decodes)."""
+def _check_local(path: Path) -> tuple[str, str]:
+    """(why the image cannot be used, without its path, or '' when it decodes; the sha256 of
+    its bytes, '' when it does not decode)."""
     try:
         image_format(path)
     except BadImageError as e:
-        return plain_reason(str(e).removeprefix(f"{path}: "))
-    return ""
+        return plain_reason(str(e).removeprefix(f"{path}: ")), ""
+    return "", file_sha256(path)
 
 
 def _local_sources(
@@ -158,22 +179,21 @@ def _local_sources(
     progress: Callable[[int, int], object] | None,
 ) -> tuple[dict[str, Source], list[Skipped]]:
     """Local images: inside ROOT, present, decodable (or skipped with skip_bad_images)."""
-    sources = {}
-    for ref in refs:
-        name = _local_name(ref, table.rows[ref], root)
-        sources[ref] = Source(root / ref, name)
-    missing = [ref for ref in refs if not sources[ref].path.is_file()]
+    names = {ref: _local_name(ref, table.rows[ref], root) for ref in refs}
+    missing = [ref for ref in refs if not (root / ref).is_file()]
     if missing:
         first = missing[0]
         more = f" ({len(missing)} images missing in all)" if len(missing) > 1 else ""
         raise AsenError(
             f"{table.rows[first]}: unknown image {first!r}: no such file under {root}{more}"
         )
-    problems = {}
+    problems, sources = {}, {}
     with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-        paths = [sources[r].path for r in refs]
-        for ref, problem in zip(refs, pool.map(_decode_problem, paths), strict=True):
+        paths = [root / r for r in refs]
+        for ref, (problem, digest) in zip(refs, pool.map(_check_local, paths), strict=True):
             problems[ref] = problem
+            if not problem:
+                sources[ref] = Source(root / ref, names[ref], digest)
             if progress is not None:
                 progress(len(problems), len(refs))
     bad = [ref for ref in refs if problems[ref]]
@@ -185,7 +205,7 @@ def _local_sources(
             "--skip-bad-images leaves them out"
         )
     skipped = [Skipped(ref, UNDECODABLE, problems[ref]) for ref in bad]
-    return {r: s for r, s in sources.items() if r not in bad}, skipped
+    return sources, skipped
 
 
 def _url_sources(
@@ -212,7 +232,8 @@ def _url_sources(
             skipped.append(Skipped(ref, got.problem, got.reason))
             continue
         extension = EXTENSIONS.get(got.image_format, f".{got.image_format.lower()}")
-        sources[ref] = Source(got.blob, f"downloads/{got.blob.name}{extension}")
+        # the cache names a blob by the sha256 of its bytes
+        sources[ref] = Source(got.blob, f"downloads/{got.blob.name}{extension}", got.blob.name)
     return sources, skipped
 
 
@@ -237,10 +258,46 @@ def _sources(
     return {**local, **web}, skipped
 
 
+def _conflict(table: LabelTable, *, attribute: int, first: str, second: str) -> AsenError:
+    """Two references to the same bytes with two values for one attribute, as one line."""
+    names = table.value_names[attribute]
+    old, new = (names[table.labels[ref][attribute]] for ref in (first, second))
+    return AsenError(
+        f"{table.rows[second]}: image {second!r} has the same bytes as {first!r} "
+        f"({table.rows[first]}): the same image has two values for "
+        f"{table.attributes[attribute]!r}: {old!r} and {new!r}"
+    )
+
+
+def _merge_identical(
+    table: LabelTable, sources: dict[str, Source]
+) -> tuple[dict[str, dict[int, int]], list[Merged]]:
+    """One image per content: references whose bytes are identical become one image (the
+    first local path in sorted order, else the first URL) with their labels combined; two
+    values for one attribute among them is an error naming both references."""
+    groups = defaultdict(list)
+    for ref in sorted(sources):
+        groups[sources[ref].digest].append(ref)
+    labels, merged = {}, []
+    for refs in groups.values():
+        image = min(refs, key=lambda ref: (is_url(ref), ref))
+        others = [ref for ref in refs if ref != image]
+        origin = dict.fromkeys(table.labels[image], image)  # attribute -> reference
+        for ref in others:
+            for attribute, value in table.labels[ref].items():
+                first = origin.setdefault(attribute, ref)
+                if table.labels[first][attribute] != value:
+                    raise _conflict(table, attribute=attribute, first=first, second=ref)
+        labels[image] = {a: table.labels[ref][a] for a, ref in sorted(origin.items())}
+        if others:
+            merged.append(Merged(image, others))
+    return labels, sorted(merged, key=lambda m: m.image)
+
+
 def _place(source: Path, target: Path) -> None:
     """Hard-link the image into the dataset where the file system allows, else copy it."""
     if target.exists():
-        return  # the same file under two references
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
@@ -318,7 +375,7 @@ def import_dataset(
     if root is not None and not root.is_dir():
         raise AsenError(f"--images {root}: not a folder")
     sources, skipped = _sources(table, root, options, progress)
-    kept = {ref: values for ref, values in table.labels.items() if ref in sources}
+    kept, merged = _merge_identical(table, sources)
     part = partition(
         kept,
         fractions=options.fractions,
@@ -330,6 +387,7 @@ def import_dataset(
         ),
     )
     report = _report(out, table, labels=kept, part=part, skipped=skipped)
+    report.merged = merged
     try:
         with atomic_folder(out) as tmp:
             for split in SPLITS:

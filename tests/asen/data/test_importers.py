@@ -220,8 +220,8 @@ def test_fashionai_layout(tmp_path) -> None:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """/img/<ref>: the image file; /flaky/<ref>: 503 on the first request, then the image;
-    /missing: 404; /reset: the connection is reset; /page: 200 with HTML."""
+    """/img/<ref> and /mirror/<ref>: the image file; /flaky/<ref>: 503 on the first request,
+    then the image; /missing: 404; /reset: the connection is reset; /page: 200 with HTML."""
 
     root: Path
     hits: Counter
@@ -238,7 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind == "page":
             return self._send(200, b"<html>not found</html>", "text/html")
-        if kind == "img" or (kind == "flaky" and self.hits[self.path] > 1):
+        if kind in ("img", "mirror") or (kind == "flaky" and self.hits[self.path] > 1):
             return self._send(200, (self.root / ref).read_bytes(), "image/png")
         self._send(503 if kind == "flaky" else 404, b"no", "text/plain")
 
@@ -300,6 +300,86 @@ def test_download_retries_are_bounded(server, tmp_path) -> None:
     with pytest.raises(Exception, match="after 4 tries"):
         download(f"{base}/reset", FetchOptions(tmp_path, retries=3, backoff=0.01))
     assert hits["/missing"] == 1 and hits["/reset"] == 4
+
+
+# ------------------------------------------------------------------ identical bytes
+
+
+def _copy_shop(root: Path, labels: dict, to: Path) -> Path:
+    for ref in labels:
+        (to / ref).parent.mkdir(parents=True, exist_ok=True)
+        (to / ref).write_bytes((root / ref).read_bytes())
+    return to
+
+
+def test_identical_bytes_are_one_image(shop, server, tmp_path) -> None:
+    """Two URLs, a URL and a local file, or two local files serving the same bytes are one
+    image in one split, with their labels combined; the command says how many merged."""
+    from asen.cli import app
+
+    shop_root, labels = shop
+    base = server[0]
+    root = _copy_shop(shop_root, labels, tmp_path / "root")
+    refs = sorted(labels)
+    copy = "copies/item.png"  # sorts before photos/: the local path kept for its group
+    (root / copy).parent.mkdir()
+    (root / copy).write_bytes((root / refs[5]).read_bytes())
+    rows = [(r, a, v) for r in refs if r != refs[4] for a, v in labels[r].items()]
+    rows += [(f"{base}/img/{r}", "neckline", labels[r]["neckline"]) for r in refs[:4]]
+    rows += [(f"{base}/mirror/{r}", "sleeves", labels[r]["sleeves"]) for r in refs[3:5]]
+    rows += [(f"{base}/img/{refs[4]}", "neckline", labels[refs[4]]["neckline"])]
+    rows += [(copy, "sleeves", labels[refs[5]]["sleeves"])]
+    columns = {k: [row[i] for row in rows] for i, k in enumerate(("image", "attribute", "value"))}
+    pv.write_csv(pa.table(columns), tmp_path / "labels.csv")
+    options = _opts(tmp_path, seed=2)
+    report = import_dataset(tmp_path / "labels.csv", tmp_path / "ds", images=root, options=options)
+    expected_merges = {r: [f"{base}/img/{r}"] for r in refs[:3]}
+    expected_merges[refs[3]] = [f"{base}/img/{refs[3]}", f"{base}/mirror/{refs[3]}"]
+    expected_merges[f"{base}/img/{refs[4]}"] = [f"{base}/mirror/{refs[4]}"]  # URLs only
+    expected_merges[copy] = [refs[5]]  # two local files
+    assert {m.image: m.references for m in report.merged} == expected_merges
+    assert report.merged_references == 7 and sum(report.images.values()) == N_IMAGES
+    digest4 = hashlib.sha256((root / refs[4]).read_bytes()).hexdigest()
+    expected = {f"images/{r}": v for r, v in labels.items() if r not in refs[4:6]}
+    expected[f"downloads/{digest4}.png"] = labels[refs[4]]  # neckline and sleeves combined
+    expected[f"images/{copy}"] = labels[refs[5]]
+    assert _imported(tmp_path / "ds") == expected
+    dataset = open_dataset(tmp_path / "ds")
+    contents = [
+        hashlib.sha256(f.read_bytes()).hexdigest() for s in SPLITS for f in dataset.files(s)
+    ]
+    assert len(contents) == len(set(contents)) == N_IMAGES  # each picture once, in one split
+    args = ["data", "import", str(tmp_path / "labels.csv"), "--images", str(root), "--seed", "2"]
+    args += ["--out", str(tmp_path / "ds2"), "--cache", str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "merged 7 references into 6 images" in result.output
+    assert _files(tmp_path / "ds") == _files(tmp_path / "ds2")  # byte-identical rerun
+    merged = json.loads((tmp_path / "ds" / REPORT_FILE).read_text())["merged"]
+    assert {m["image"]: m["references"] for m in merged} == expected_merges
+
+
+def test_identical_bytes_with_two_values_refused(shop, server, tmp_path) -> None:
+    """A URL serving a local file's bytes with another value for one attribute is the same
+    image with two values: one line naming both references, nothing written."""
+    root, labels = shop
+    ref = sorted(labels)[0]
+    rows = _long_rows(labels)
+    other = next(v for v in ATTRIBUTES["neckline"] if v != labels[ref]["neckline"])
+    url = f"{server[0]}/mirror/{ref}"
+    for key, cell in (("image", url), ("attribute", "neckline"), ("value", other)):
+        rows[key].append(cell)
+    pv.write_csv(pa.table(rows), tmp_path / "labels.csv")
+    with pytest.raises(AsenError) as caught:
+        import_dataset(
+            tmp_path / "labels.csv", tmp_path / "ds", images=root, options=_opts(tmp_path)
+        )
+    message = str(caught.value)
+    line = len(rows["image"]) + 1
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'labels.csv'}:{line}: ")
+    assert f"image {url!r} has the same bytes as {ref!r}" in message
+    assert f"two values for 'neckline': {labels[ref]['neckline']!r} and {other!r}" in message
+    assert not (tmp_path / "ds").exists()
 
 
 # ------------------------------------------------------------------ determinism
