@@ -1,19 +1,28 @@
 """The one way asen writes a file: a temporary file beside the target, flushed and fsynced,
-then renamed over it in one step. A failure (or a kill) leaves the previous file intact and
-no temporary file behind (the temporary is removed on any exception)."""
+then renamed over it in one step, and the folder holding it fsynced (so the rename itself
+survives a power cut). A failure (or a kill) leaves the previous file intact and no
+temporary file behind (the temporary is removed on any exception). A full disk is one
+line (`AsenError`), not a traceback."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from asen import AsenError
+from asen.signals import held_stop_signals
+
 TEMP_PREFIX = ".asen-tmp-"  # every temporary file asen writes starts with this
+FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
 
 def _umask() -> int:
@@ -22,10 +31,55 @@ def _umask() -> int:
     return mask
 
 
+def fsync_dir(folder: str | Path) -> None:
+    """Make the entries of `folder` (a rename into it, a new or removed name) durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` (what a writer other than atomic_open, e.g. a
+    copy, put there), folders after their contents; symlinks are entries of their folder."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            file = os.path.join(folder, name)
+            if not os.path.islink(file):
+                fd = os.open(file, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(folder)
+
+
+def _drop_frames(error: BaseException) -> None:
+    """Free what the failed writer left in its frames now, while nothing can report on it: a
+    half-written zip (np.savez) would otherwise try to finish itself on the closed file when
+    collected, printing a second traceback ('seek of closed file') after the real error."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        traceback.clear_frames(error.__traceback__)
+    finally:
+        sys.unraisablehook = hook
+
+
+def _full_disk(error: OSError, path: Path) -> AsenError | None:
+    """A full disk or quota as one line naming the file, else None."""
+    reason = FULL.get(error.errno or 0)
+    return (
+        AsenError(f"cannot write {path}: {reason}; the previous file is intact") if reason else None
+    )
+
+
 @contextmanager
 def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
     """Open a binary file that replaces `path` only when the block ends without error.
-    The file gets the usual umask permissions (mkstemp's 0600 would break shared folders)."""
+    The file gets the usual umask permissions (mkstemp's 0600 would break shared folders);
+    the rename is made durable by fsyncing the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.")
@@ -36,8 +90,13 @@ def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        fsync_dir(path.parent)
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        _drop_frames(error)
+        full = _full_disk(error, path) if isinstance(error, OSError) else None
+        if full is not None:
+            raise full from None
         raise
 
 
@@ -61,7 +120,9 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     the block to fill; when the block ends without error it takes the place of `path` (a
     folder already there is moved aside first and removed once the new one is in place).
     On failure the temporary folder is removed and `path` is as it was. Whether `path` may
-    be replaced is the caller's decision."""
+    be replaced is the caller's decision. Everything in the folder is fsynced before the
+    switch, and the parent folder after it: once the block returns, the new folder survives
+    a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}."))
@@ -69,9 +130,12 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
+        _fsync_tree(tmp)
+        with held_stop_signals():  # a SIGTERM acts after the two renames, never between
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not path.exists():

@@ -9,6 +9,7 @@ imports them (docs/architecture.md, "Layering").
 
 from __future__ import annotations
 
+import signal
 from importlib.metadata import entry_points
 from typing import Annotated, Any
 
@@ -16,18 +17,23 @@ import typer
 
 import asen
 from asen import AsenError
-from asen.commands import data, evaluate, search, train
+from asen.commands import catalog, data, evaluate, search, train
 from asen.commands.ui import console, err, error_line
+from asen.signals import Stopped, exit_code, signal_of, stop_signals_raise
 
 
 class _OneLineErrors(typer.core.TyperGroup):
     """Every command's user mistakes in one place: an AsenError or a bad option value (e.g.
     an unknown backend name, which lists the valid ones) is one red line and exit 1;
-    Ctrl-C is 'interrupted' and exit 130."""
+    Ctrl-C is 'interrupted' and exit 130. SIGTERM and SIGHUP unwind the command as Ctrl-C
+    does (asen/signals.py: its `finally` blocks stop helpers and remove temporaries), then
+    'stopped by SIGTERM' and exit 143 (129 for SIGHUP); a command that stops cleanly on a
+    signal itself (train, serve, app) installs its own handling inside this one."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            with stop_signals_raise():
+                return super().invoke(ctx)
         except typer.BadParameter as e:
             where = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
             error_line(f"{e.format_message()}{where}")
@@ -35,9 +41,11 @@ class _OneLineErrors(typer.core.TyperGroup):
         except AsenError as e:
             error_line(str(e))
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("[red]interrupted[/red]")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as e:
+            signum = signal_of(e)
+            said = f"stopped by {signal.Signals(signum).name}" if isinstance(e, Stopped) else ""
+            err.print(f"[red]{said or 'interrupted'}[/red]")
+            raise typer.Exit(exit_code(signum)) from None
 
 
 app = typer.Typer(
@@ -74,6 +82,7 @@ app.command("compare")(evaluate.compare)
 app.command("index")(search.index)
 app.command("search")(search.search)
 app.command("explain")(search.explain)
+app.add_typer(catalog.app, name="catalog")
 for _layer in entry_points(group="asen.commands"):
     _layer.load()(app)
 

@@ -8,6 +8,9 @@ earlier ones; a bare name (`FashionAI`, `small`) means a packaged config under
 from __future__ import annotations
 
 import dataclasses
+import errno
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,15 @@ from typing import Any
 import yaml
 
 from asen import AsenError
+from asen.parse import check_structure, short_repr
 
 PACKAGED = Path(__file__).parent / "configs"
+MAX_YAML_BYTES = 1 << 20  # a config or dataset.yaml larger than this is refused unread
+MAX_YAML_DEPTH = 16  # nesting a YAML document may have (asen's own need 4)
+MAX_ATTRIBUTES = 1024  # attributes a dataset may have
+MAX_ATTRIBUTE_VALUES = 100_000  # values one attribute may take
+MAX_DIM = 8192  # widths of the model's layers and embeddings
+MAX_IMAGE_SIZE = 1024  # the global and local branch inputs (the source image is twice)
 
 
 @dataclass
@@ -27,7 +37,10 @@ class AttributeSpec:
     @classmethod
     def from_dict(cls, raw: dict) -> AttributeSpec:
         """`{name, values}` (a config, `dataset.yaml`, a checkpoint) -> AttributeSpec."""
-        return cls(str(raw["name"]), int(raw["values"]))
+        try:
+            return cls(str(raw["name"]), int(raw["values"]))
+        except OverflowError as e:  # values: .inf
+            raise ValueError(str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "values": self.values}
@@ -43,6 +56,8 @@ def check_attributes(attributes: list[AttributeSpec], source: str) -> None:
     """Names non-empty, unique and free of commas (the exported metadata lists them
     comma-separated); at least 2 values each. An error names `source`."""
     seen: set[str] = set()
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise AsenError(f"{source}: {len(attributes)} attributes, at most {MAX_ATTRIBUTES}")
     for a in attributes:
         if not a.name.strip() or "," in a.name:
             raise AsenError(
@@ -54,6 +69,11 @@ def check_attributes(attributes: list[AttributeSpec], source: str) -> None:
         if a.values < 2:
             raise AsenError(
                 f"{source}: attribute {a.name!r} needs at least 2 values, got {a.values}"
+            )
+        if a.values > MAX_ATTRIBUTE_VALUES:
+            raise AsenError(
+                f"{source}: attribute {a.name!r} has {a.values} values, "
+                f"at most {MAX_ATTRIBUTE_VALUES:,}"
             )
         seen.add(a.name)
 
@@ -84,13 +104,13 @@ class DataConfig:
 class ModelConfig:
     global_backbone: str = "resnet50"
     local_backbone: str = "resnet34"
-    image_size: int = _range(224, 16)  # global branch input G; the source image is S = 2G
-    local_size: int = _range(112, 16)
-    attr_dim: int = _range(512, 1)
-    global_common: int = _range(512, 1)
-    local_common: int = _range(256, 1)
-    channel_hidden: int = _range(512, 1)
-    embed_dim: int = _range(1024, 1)
+    image_size: int = _range(224, 16, MAX_IMAGE_SIZE)  # global branch input G; source S = 2G
+    local_size: int = _range(112, 16, MAX_IMAGE_SIZE)
+    attr_dim: int = _range(512, 1, MAX_DIM)
+    global_common: int = _range(512, 1, MAX_DIM)
+    local_common: int = _range(256, 1, MAX_DIM)
+    channel_hidden: int = _range(512, 1, MAX_DIM)
+    embed_dim: int = _range(1024, 1, MAX_DIM)
     beta: float = _range(0.6, 0.0, 1.0)
     threshold: float = _range(0.1, 0.0, 1.0)
     weights: str | None = None  # None (random), "imagenet", or a local state-dict file
@@ -135,31 +155,90 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def _looks_like_path(name: str) -> bool:
+    """A YAML suffix or a folder separator makes a name a path; a bare word is a packaged
+    config's name, whatever files the working folder holds."""
+    return Path(name).suffix in (".yaml", ".yml") or "/" in name or os.sep in name
+
+
 def resolve_path(name: str) -> Path:
-    """A path to a YAML file, or a packaged config's bare name."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    """A path to a YAML file (it has a .yaml/.yml suffix or a separator), or a packaged
+    config's bare name (`small`, even beside a file or folder called `small`)."""
+    if _looks_like_path(name):
+        path = Path(name)
         if not path.is_file():
-            raise AsenError(f"{name}: config file not found")
+            what = "is a folder, not a config file" if path.is_dir() else "config file not found"
+            raise AsenError(f"{name}: {what}")
         return path
     packaged = PACKAGED / f"{name}.yaml"
     if not packaged.is_file():
         known = ", ".join(sorted(p.stem for p in PACKAGED.glob("*.yaml")))
-        raise AsenError(f"{name}: no such config file or packaged config (packaged: {known})")
+        local = f"; for the file here, write ./{name}" if Path(name).is_file() else ""
+        raise AsenError(f"{name}: no such packaged config (packaged: {known}){local}")
     return packaged
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml's SafeLoader without aliases (asen's YAML needs none; nested ones expand to
+    billions of values: "billion laughs") and nested at most MAX_YAML_DEPTH deep."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not supported", mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text safely and bounded (see `_BoundedLoader`); errors are yaml.YAMLError."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _read_bounded(path: Path) -> bytes:
+    """A file's bytes, refused (OSError EFBIG) past MAX_YAML_BYTES before reading them all."""
+    with path.open("rb") as fh:
+        data = fh.read(MAX_YAML_BYTES + 1)
+    if len(data) > MAX_YAML_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_YAML_BYTES // 1024} KiB")
+    return data
+
+
+def _yaml_error_line(path: str | Path, error: yaml.YAMLError) -> str:
+    """`path: invalid YAML (line N: problem)` where yaml marks the place, else its text."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None and getattr(error, "problem", None):
+        return f"{path}: invalid YAML (line {mark.line + 1}: {error.problem})"
+    return f"{path}: invalid YAML ({error})".replace("\n", " ")
 
 
 def read_yaml_mapping(path: str | Path) -> dict:
     """A YAML file's top-level mapping ({} for an empty file); an unreadable, non-UTF-8,
     invalid or non-mapping file is one line naming it."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_yaml_text(_read_bounded(Path(path)).decode("utf-8"))
     except OSError as e:
         raise AsenError(f"{path}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise AsenError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
     except yaml.YAMLError as e:
-        raise AsenError(f"{path}: invalid YAML ({e})".replace("\n", " ")) from None
+        raise AsenError(_yaml_error_line(path, e)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -174,7 +253,7 @@ def _merge(base: dict, update: dict, schema: type, source: str, prefix: str = ""
         raise AsenError(f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping")
     for key, value in update.items():
         if key not in fields:
-            raise AsenError(f"{source}: unknown key '{prefix}{key}'")
+            raise AsenError(f"{source}: unknown key {short_repr(f'{prefix}{key}')}")
         sub = _SECTIONS.get((schema, key))
         if sub is not None:
             _merge(base[key], value or {}, sub, source, f"{prefix}{key}.")
@@ -220,7 +299,7 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
         except ValueError:
             pass
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise AsenError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
+        raise AsenError(f"{source}: {key} must be {kind.__name__}, got {short_repr(value)}")
     _check_declared(value, f, key, source)
     return value
 
@@ -230,9 +309,11 @@ def _check_declared(value: Any, f: dataclasses.Field, key: str, source: str) -> 
     the key."""
     if "choices" in f.metadata and value not in f.metadata["choices"]:
         choices = ", ".join(f.metadata["choices"])
-        raise AsenError(f"{source}: {key} must be one of {choices}, got {value!r}")
+        raise AsenError(f"{source}: {key} must be one of {choices}, got {short_repr(value)}")
     if "range" not in f.metadata:
         return
+    if isinstance(value, float) and math.isinf(value):
+        raise AsenError(f"{source}: {key} must be a finite number, got {value!r}")
     low, high, strict = f.metadata["range"]
     if value != value or value < low or (strict and value == low):  # NaN too
         raise AsenError(
@@ -272,7 +353,7 @@ def load_config(
         for part in parts[:-1]:
             cursor = cursor.setdefault(part, {})
         try:
-            cursor[parts[-1]] = yaml.safe_load(text)
+            cursor[parts[-1]] = load_yaml_text(text)
         except yaml.YAMLError:
             cursor[parts[-1]] = text  # not YAML (e.g. a path with brackets): the plain text
         _merge(raw, nested, Config, f"--set {key}")
@@ -283,5 +364,6 @@ def load_config(
 def config_from_dict(raw: dict) -> Config:
     """Rebuild a Config stored in a checkpoint."""
     base = Config().to_dict()
+    check_structure(raw, "checkpoint config")
     _merge(base, raw, Config, "checkpoint")
     return _build(base, "checkpoint")

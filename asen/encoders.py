@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from asen import AsenError
+from asen.atomic import file_sha256
 from asen.data.datasets import EntryImages, batches, make_loader
 from asen.model.shape import ModelInfo
 
@@ -41,13 +42,18 @@ def check_attributes(attributes: Any, n: int, info: ModelInfo) -> np.ndarray:
     return attributes
 
 
-def check_inputs(images: np.ndarray, attributes: Any, info: ModelInfo) -> np.ndarray:
-    """Reject what no backend could encode, with one clear line; returns int64 attributes."""
+def check_images(images: np.ndarray, info: ModelInfo) -> None:
+    """uint8 [B,3,S,S] images of the model's S; else one clear line."""
     s = info.source_size
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (3, s, s):
         raise AsenError(
             f"images must be uint8 [B,3,{s},{s}], got {images.dtype} {list(images.shape)}"
         )
+
+
+def check_inputs(images: np.ndarray, attributes: Any, info: ModelInfo) -> np.ndarray:
+    """Reject what no backend could encode, with one clear line; returns int64 attributes."""
+    check_images(images, info)
     return check_attributes(attributes, len(images), info)
 
 
@@ -108,6 +114,50 @@ class Encoder(ABC):
 
         out = list(self.map_batches(one, self.slices(len(images))))
         return np.concatenate(out) if out else self.empty()
+
+    def identity(self) -> dict[str, str]:
+        """What identifies the vectors this encoder makes: `checkpoint_sha256` (empty when
+        unknown) and `precision`. Backends that know more say so."""
+        return {"checkpoint_sha256": "", "precision": "fp32"}
+
+    @property
+    def has_all_graph(self) -> bool:
+        """Whether `encode_all` runs an all-attributes graph (one global backbone pass per
+        image); False: it falls back to one pair pass per attribute."""
+        return False
+
+    @property
+    def all_batch_size(self) -> int:
+        """The most images one `encode_all_batch` call receives: as many rows of attention
+        (and local branch) as a pair batch, so memory stays that of `batch_size`."""
+        return max(1, self.batch_size // len(self.info.attributes))
+
+    def encode_all_batch(self, images: np.ndarray) -> np.ndarray:
+        """One checked batch of at most `all_batch_size` images -> float32 [b,A,D]. This
+        default runs the pair function once per attribute; a backend with an
+        all-attributes graph overrides it (and `has_all_graph`)."""
+        count = len(self.info.attributes)
+        tiled = np.repeat(images, count, axis=0)
+        attributes = np.tile(np.arange(count, dtype=np.int64), len(images))
+        return self.encode(tiled, attributes).reshape(len(images), count, self.info.dim)
+
+    def encode_all(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N,3,S,S] -> float32 [N,A,D]: every attribute's embedding of every image
+        (row [i, a] equals `encode(images[i:i+1], [a])`)."""
+        check_images(images, self.info)
+        parts = [
+            slice(i, min(i + self.all_batch_size, len(images)))
+            for i in range(0, len(images), self.all_batch_size)
+        ]
+
+        def one(part: slice) -> np.ndarray:
+            return self.encode_all_batch(np.ascontiguousarray(images[part]))
+
+        runs = self.map_batches if self.has_all_graph else map  # pairs batch inside `encode`
+        out = list(runs(one, parts))
+        if not out:
+            return np.zeros((0, len(self.info.attributes), self.info.dim), np.float32)
+        return np.concatenate(out)
 
     def encode_files(
         self,
@@ -198,6 +248,14 @@ class TorchEncoder(Encoder):
     def describe(self) -> str:
         return f"PyTorch {torch.__version__} on {self.device}: {self.source}"
 
+    def identity(self) -> dict[str, str]:
+        """The checkpoint file's sha256 (empty for a model in memory), fp32."""
+        path = Path(self.source)
+        return {
+            "checkpoint_sha256": file_sha256(path) if path.is_file() else "",
+            "precision": "fp32",
+        }
+
     def encode(self, images: np.ndarray, attributes: Any) -> np.ndarray:
         """As the base class's, in eval mode (a model in training is put back after)."""
         was_training = self.model.training
@@ -212,3 +270,21 @@ class TorchEncoder(Encoder):
         x = torch.from_numpy(images).to(self.device)
         a = torch.from_numpy(attributes).to(self.device)
         return self.model(x, a).float().cpu().numpy()
+
+    @property
+    def has_all_graph(self) -> bool:
+        return hasattr(self.model, "forward_all")
+
+    def encode_all(self, images: np.ndarray) -> np.ndarray:
+        """As the base class's, in eval mode (a model in training is put back after)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return super().encode_all(images)
+        finally:
+            self.model.train(was_training)
+
+    @torch.inference_mode()
+    def encode_all_batch(self, images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(images).to(self.device)
+        return self.model.forward_all(x).float().cpu().numpy()

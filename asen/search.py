@@ -24,6 +24,7 @@ from asen.atomic import atomic_folder, atomic_write, atomic_write_bytes, atomic_
 from asen.data.images import load_image
 from asen.encoders import Encoder
 from asen.evaluate import EmbeddedSplit
+from asen.parse import check_structure, short_repr, whole_number
 
 FORMAT = "asen-index/1"
 NPZ_KEYS = ("embeddings", "image_ids", "attributes", "values", "is_query", "paths")
@@ -48,9 +49,10 @@ def attribute_id(name: str, names: list[str]) -> int:
     """Index of an attribute by name (or number); an unknown one lists the valid names."""
     if name in names:
         return names.index(name)
-    if name.isdigit() and int(name) < len(names):
-        return int(name)
-    raise AsenError(f"unknown attribute '{name}'; valid: {', '.join(names)}")
+    number = whole_number(name)
+    if number is not None and number < len(names):
+        return number
+    raise AsenError(f"unknown attribute {short_repr(name)}; valid: {', '.join(names)}")
 
 
 def load_embeddings(path: Path) -> tuple[EmbeddedSplit, list[str]]:
@@ -93,10 +95,10 @@ def check_compress(compress: str | None, dim: int | None = None) -> None:
     """`sq8` or `pq<m>` with m dividing the dimension (when known)."""
     if compress is None or compress == "sq8":
         return
-    m = compress[2:]
-    if not (compress.startswith("pq") and m.isdigit() and int(m) > 0):
+    m = whole_number(compress[2:])
+    if not (compress.startswith("pq") and m):
         raise AsenError(f"--compress {compress}: expected sq8 or pq<m> (e.g. pq32)")
-    if dim is not None and dim % int(m):
+    if dim is not None and dim % m:
         raise AsenError(f"--compress {compress}: {m} must divide the embedding dim {dim}")
 
 
@@ -219,7 +221,7 @@ class SearchIndex:
     def load(cls, path: Path) -> SearchIndex:
         """Read an index folder; a damaged or missing part is one line naming the file."""
         manifest = _read_manifest(path)
-        items = _read_items(path / "items.npz", len(manifest["attribute_names"]))
+        items = _read_items(path / "items.npz", manifest["counts"])
         return cls(manifest, items, path)
 
     def _index(self, attribute: int) -> faiss.Index:
@@ -288,19 +290,50 @@ def _read_manifest(path: Path) -> dict:
         manifest = json.loads(file.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise AsenError(f"{file}: damaged index manifest ({e}); {_REBUILD}") from None
+    except RecursionError:
+        raise AsenError(f"{file}: damaged index manifest (nested too deep); {_REBUILD}") from None
     if not isinstance(manifest, dict):
         raise AsenError(f"{file}: damaged index manifest (not a JSON object); {_REBUILD}")
+    check_structure(manifest, f"{file}: damaged index manifest")
     if manifest.get("format") != FORMAT:
-        raise AsenError(f"{path}: index format {manifest.get('format')!r}, expected {FORMAT}")
+        found = short_repr(manifest.get("format"))
+        raise AsenError(f"{path}: index format {found}, expected {FORMAT}")
     wrong = [k for k, kind in _MANIFEST_KEYS.items() if not isinstance(manifest.get(k), kind)]
+    if not wrong:
+        names, counts, dim = manifest["attribute_names"], manifest["counts"], manifest["dim"]
+        wrong += [] if all(isinstance(n, str) for n in names) else ["attribute_names"]
+        wrong += [] if all(_is_count(c) for c in counts) else ["counts"]
+        wrong += [] if _is_count(dim) and dim else ["dim"]
     if wrong or len(manifest["counts"]) != len(manifest["attribute_names"]):
         what = ", ".join(wrong) or "counts"
         raise AsenError(f"{file}: damaged index manifest ({what} missing or wrong); {_REBUILD}")
     return manifest
 
 
-def _read_items(file: Path, n_attributes: int) -> dict[str, np.ndarray]:
-    """items.npz of an index folder: the indexed entries and per-attribute offsets."""
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_offsets(items: dict[str, np.ndarray], counts: list[int]) -> str | None:
+    """What is wrong with items.npz's arrays against the manifest's counts, or None."""
+    if any(items[k].ndim != 1 for k in _ITEM_KEYS):
+        return "arrays not one-dimensional"
+    lengths = {len(items[k]) for k in _ITEM_KEYS if k != "offsets"}
+    offsets = items["offsets"]
+    if len(lengths) != 1:
+        return "arrays of different lengths"
+    if offsets.dtype.kind not in "iu" or len(offsets) != len(counts) + 1:
+        return "offsets"
+    if offsets[0] != 0 or offsets[-1] != lengths.pop() or (np.diff(offsets) < 0).any():
+        return "offsets out of range"
+    if np.diff(offsets).tolist() != counts:
+        return "offsets differ from the manifest's counts"
+    return None
+
+
+def _read_items(file: Path, counts: list[int]) -> dict[str, np.ndarray]:
+    """items.npz of an index folder: the indexed entries and per-attribute offsets, which
+    must agree with the manifest's `counts`."""
     if not file.is_file():
         raise AsenError(f"{file}: missing from the index; {_REBUILD}")
     try:
@@ -309,8 +342,8 @@ def _read_items(file: Path, n_attributes: int) -> dict[str, np.ndarray]:
     except Exception as e:  # noqa: BLE001 - a truncated zip, a bad header: one line each
         raise AsenError(f"{file}: damaged index file ({e}); {_REBUILD}") from None
     missing = [k for k in _ITEM_KEYS if k not in items]
-    if missing or len(items["offsets"]) != n_attributes + 1:
-        what = f"missing {', '.join(missing)}" if missing else "offsets"
+    what = f"missing {', '.join(missing)}" if missing else _check_offsets(items, counts)
+    if what:
         raise AsenError(f"{file}: damaged index file ({what}); {_REBUILD}")
     return items
 

@@ -4,9 +4,12 @@ validation. `train` is the recipe; its pieces live in `asen.training`."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +18,10 @@ from asen import AsenError, distributed
 from asen.config import Config
 from asen.encoders import TorchEncoder, resolve_device
 from asen.model.shape import ModelInfo
+from asen.signals import STOP_SIGNALS, Stopped
 from asen.training import setup as run_setup
 from asen.training.checkpoints import save_run
-from asen.training.epoch import EpochTally, epoch_loader, train_epoch, validate
+from asen.training.epoch import Diverged, EpochTally, epoch_loader, train_epoch, validate
 from asen.training.heap import keep_freed_memory
 from asen.training.records import make_record
 from asen.training.run_folder import RunFolder
@@ -97,6 +101,41 @@ def _end_epoch(state: TrainState, tally: EpochTally) -> tuple[int, bool, dict[st
     return number, False, lrs
 
 
+@contextmanager
+def _stops_at_once() -> Iterator[None]:
+    """For set-up, which writes nothing: a stop signal ends it where it is (SIGINT as
+    KeyboardInterrupt, SIGTERM and SIGHUP as `Stopped`), not once set-up is over."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def stop(signum: int, frame) -> None:
+        if os.getpid() == owner:  # not in a process forked meanwhile
+            raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _diverged(state: TrainState, folder: RunFolder, error: Diverged) -> AsenError:
+    """One line for a run whose loss became NaN or infinite: where, what is kept, what to try."""
+    kept = (
+        f"this epoch is not saved: {folder.last} keeps epoch {state.records[-1]['epoch']}, "
+        "the last finite state"
+        if state.records
+        else "nothing was saved"
+    )
+    return AsenError(
+        f"training diverged: {error} of epoch {state.epoch + 1}; {kept}; "
+        f"lower train.lr (now {state.cfg.train.lr:g}) or check the data"
+    )
+
+
 def _prepare(
     cfg: Config | None,
     *,
@@ -151,16 +190,17 @@ def train(
     cb = (callbacks if main else None) or TrainCallbacks()
     folder = RunFolder(run_dir)
     with folder.lock() if main else nullcontext(), StopRequest(time_budget_min) as stop:
-        state, data = _prepare(
-            cfg,
-            folder=folder,
-            data_root=data_root,
-            stage=stage,
-            init=init,
-            device=device,
-            resume=resume,
-            changes=changes or {},
-        )
+        with _stops_at_once():
+            state, data = _prepare(
+                cfg,
+                folder=folder,
+                data_root=data_root,
+                stage=stage,
+                init=init,
+                device=device,
+                resume=resume,
+                changes=changes or {},
+            )
         if main:
             folder.start(state.records)
         return _run(state, data, folder=folder, stop=stop, cb=cb)
@@ -192,14 +232,17 @@ def _run(
             cb.epoch_start(state.epoch, state.step, state.steps_per_epoch)
         loader = epoch_loader(cfg, data, epoch=state.epoch, start_step=state.step)
         state.model.train()
-        tally = train_epoch(
-            setup,
-            loader,
-            start_step=state.step,
-            stop=stop,
-            skip_bad=cfg.data.skip_bad_images,
-            on_step=cb.step,
-        )
+        try:
+            tally = train_epoch(
+                setup,
+                loader,
+                start_step=state.step,
+                stop=stop,
+                skip_bad=cfg.data.skip_bad_images,
+                on_step=cb.step,
+            )
+        except Diverged as e:
+            raise _diverged(state, folder, e) from None
         tally.reduce()
         number, partial, lrs = _end_epoch(state, tally)
         if cb.eval_start:

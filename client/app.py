@@ -10,30 +10,43 @@ are served only from inside the dataset root (no path traversal, image files onl
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import itertools
+import logging
+import math
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from asen.client.search import BadQueryError, ServedSearch
 from jinja2 import Environment, select_autoescape
-from PIL import Image, UnidentifiedImageError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
 from asen import AsenError
-from asen.client.search import BadQueryError, ServedSearch
+from asen.data.images import BadImageError, open_image
+from asen.parse import whole_number
 
 MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_GRID = 100  # the page shows at most this many results
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 PICKS = 12
+HEADER_TIMEOUT_S = 10.0  # a connection must send a request's headers within this
+BODY_TIMEOUT_S = 60.0  # and its whole body within this (10 MB at 170 KB/s)
+MAX_CONNECTIONS = 64  # open connections and running requests; past them, 503
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers (h11's incomplete-event limit)
+PREVIEWS_AT_ONCE = 2  # uploads decoded for the preview at the same time
+log = logging.getLogger("asen.app")
+_previews = threading.BoundedSemaphore(PREVIEWS_AT_ONCE)
 CSP = (
     "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -101,26 +114,52 @@ class Settings:
     protocol: str = "grpc"
     data_root: Path | None = None  # default: the dataset root the served model reports
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS
+    catalog: object | None = None  # CatalogSettings: the catalog page and API (catalog_api.py)
+
+
+def upload_limit_bytes(megabytes: float) -> int:
+    """`--max-upload-mb` as bytes: a positive, finite number of megabytes, at most 1024."""
+    if not (isinstance(megabytes, (int, float)) and math.isfinite(megabytes)):
+        raise AsenError(f"--max-upload-mb {megabytes}: must be a finite number of megabytes")
+    if megabytes <= 0:
+        raise AsenError(f"--max-upload-mb {megabytes}: must be positive")
+    if megabytes > 1024:
+        raise AsenError(f"--max-upload-mb {megabytes}: must be at most 1024")
+    return max(1, int(megabytes * 2**20))
 
 
 class BodyLimit:
     """ASGI middleware: a request body over `limit` bytes is answered 413, whether its
-    Content-Length says so or it turns out longer while it arrives."""
+    Content-Length says so or it turns out longer while it arrives; one that has not all
+    arrived `timeout_s` after the app first asks for it is answered 408."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout_s: float = BODY_TIMEOUT_S):
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        size = None if length is None else whole_number(length.decode("latin-1"))
+        if length is not None and (size is None or size > self.limit):
             return await _too_large(self.limit - FORM_OVERHEAD)(scope, receive, send)
-        seen = 0
+        seen, deadline, done = 0, None, False
 
         async def counted():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, deadline, done
+            if done:  # the body is in: what comes next is the disconnect, whenever it comes
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                message = "the request body arrived too slowly"
+                raise HTTPException(408, message, {"connection": "close"}) from None
+            done = not message.get("more_body", False)
             seen += len(message.get("body", b""))
             if seen > self.limit:
                 raise HTTPException(413, _too_large_line(self.limit - FORM_OVERHEAD))
@@ -166,7 +205,7 @@ def gallery_file(root: Path | None, key: str) -> Path:
     try:
         path = (base / key).resolve()
         ok = path.is_relative_to(base) and path.is_file()
-    except (OSError, ValueError):  # e.g. a NUL byte in the name
+    except (OSError, ValueError, RuntimeError):  # a NUL byte in the name, a symlink loop
         ok = False
     if not ok or path.suffix.lower() not in IMAGE_SUFFIXES:
         raise HTTPException(404)
@@ -174,14 +213,19 @@ def gallery_file(root: Path | None, key: str) -> Path:
 
 
 def _preview(blob: bytes) -> str:
-    """A PNG thumbnail of an upload as a data: URI; not an image is a BadRequest."""
+    """A PNG thumbnail of an upload as a data: URI. The image is opened as `load_image`
+    opens it (its header's pixel count checked before anything is decoded), and only
+    PREVIEWS_AT_ONCE are decoded at a time; not an image, or too large, is a BadRequest."""
+    out = io.BytesIO()
     try:
-        with Image.open(io.BytesIO(blob)) as img:
-            img = img.convert("RGB")
+        with _previews, open_image(blob) as img:
+            img.draft("RGB", (256, 256))  # JPEG: decode at a reduced scale
             img.thumbnail((256, 256))
-            out = io.BytesIO()
-            img.save(out, "PNG")
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
+            img.convert("RGB").save(out, "PNG")
+    except BadImageError as e:
+        reason = str(e).removeprefix("<bytes>: ")
+        raise BadRequest(f"the upload is not an image this page can read: {reason}") from None
+    except (OSError, ValueError, SyntaxError) as e:  # a truncated or corrupt image body
         reason = type(e).__name__
         raise BadRequest(f"the upload is not an image this page can read ({reason})") from None
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
@@ -191,9 +235,10 @@ def _int_field(form, name: str, low: int, high: int, default: int | None) -> int
     raw = str(form.get(name) or "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    number = whole_number(raw)
+    if number is None or not low <= number <= high:
         raise BadRequest(f"{name} must be a whole number from {low} to {high}, got {raw[:20]!r}")
-    return int(raw)
+    return number
 
 
 class SearchPage:
@@ -262,8 +307,12 @@ class SearchPage:
                 raise BadRequest(f"no gallery image {pick[:200]!r}") from None
         raise BadRequest("choose an image to upload, or pick one from the gallery")
 
-    async def search(self, request: Request) -> HTMLResponse:
-        form = await request.form(max_files=1, max_fields=8)
+    async def search(self, request: Request) -> Response:
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except ClientDisconnect:  # nobody to answer: one line in the log, no traceback
+            log.warning("%s: client disconnected during the upload", _peer(request))
+            return Response(status_code=400)
         attribute = str(form.get("attribute") or "")
         shown = {"attribute": attribute if attribute in self.served.names else None}
         try:
@@ -283,8 +332,19 @@ class SearchPage:
         return self.render(hits=hits, query_src=preview, query_name=name, **shown)
 
 
+def _peer(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "a client"
+
+
 def create_app(settings: Settings) -> Starlette:
     """The ASGI application (connects to Triton now: an unreachable server is an error)."""
+    if settings.catalog is not None:  # the catalog page and its JSON API, on the store
+        from asen.client.catalog_api import create_catalog_app
+
+        limits = {"max_upload_bytes": settings.max_upload_bytes}
+        timeout = settings.body_timeout_s
+        return create_catalog_app(settings.catalog, body_timeout_s=timeout, **limits)
     page = SearchPage(settings)
 
     async def home(request: Request) -> HTMLResponse:
@@ -299,21 +359,89 @@ def create_app(settings: Settings) -> Starlette:
         Route("/images/{key:path}", image),
     ]
     app = Starlette(routes=routes)
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + FORM_OVERHEAD)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_upload_bytes + FORM_OVERHEAD,
+        timeout_s=settings.body_timeout_s,
+    )
     app.add_middleware(SecurityHeaders)
     app.state.page = page
     return app
 
 
-def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, ready=None) -> None:
-    """Serve the page with uvicorn until Ctrl-C. The port is checked and Triton reached
-    first (each a one-line error); `ready(url)` is called before serving."""
-    import uvicorn
+def header_timed_h11(timeout_s: float) -> type:
+    """uvicorn's h11 protocol, closing a connection that has not sent a whole request line
+    and headers `timeout_s` after it opened or after its last response (slow-loris)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    class HeaderTimedH11(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            if self._header_timer is None and self._waiting_for_headers():
+                self._header_timer = self.loop.call_later(timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            if self._waiting_for_headers() and not self.transport.is_closing():
+                log.warning("%s: no request headers within %g s; closed", self.client, timeout_s)
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            self._arm()
+            super().data_received(data)
+            if not self._waiting_for_headers():
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimedH11
+
+
+def uvicorn_options(settings: Settings) -> dict:
+    """uvicorn's settings for the page: the header timeout, a connection limit (503 past
+    it), a bound on the request line and headers, and the idle keep-alive timeout."""
+    return {
+        "http": header_timed_h11(settings.header_timeout_s),
+        "limit_concurrency": settings.max_connections,
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        "timeout_keep_alive": 5,
+        "log_level": "warning",
+    }
+
+
+def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, ready=None) -> None:
+    """Serve the page with uvicorn until Ctrl-C, SIGTERM or SIGHUP, then return (a clean
+    stop). The port is checked and Triton reached first (each a one-line error);
+    `ready(url)` is called before serving."""
+    import uvicorn
     from asen.client.server import check_ports
 
     check_ports(host, {"--port": port})
     app = create_app(settings)
     if ready is not None:
         ready(f"http://{host}:{port}")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **uvicorn_options(settings)))
+    main = threading.current_thread() is threading.main_thread()
+    hangup = signal.signal(signal.SIGHUP, server.handle_exit) if main else None  # as SIGTERM
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises SIGINT / SIGTERM after its own shutdown
+        pass
+    finally:
+        if main:
+            signal.signal(signal.SIGHUP, hangup)

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from asen import AsenError
 from asen.commands import search
@@ -39,6 +41,14 @@ def _print_serving(handle: ServerHandle) -> None:
     )
 
 
+class ModelControl(str, Enum):
+    """`asen serve --model-control` (client/model_control.py)."""
+
+    none = "none"
+    explicit = "explicit"
+    poll = "poll"
+
+
 def serve(
     repo: Annotated[Path, typer.Option(help="Model repository (written by `asen export`).")] = Path(
         "triton_models"
@@ -52,52 +62,86 @@ def serve(
     log_file: Annotated[
         Path | None, typer.Option(help="Server log (default: tritonserver.log in --repo).")
     ] = None,
+    model_control: Annotated[
+        ModelControl,
+        typer.Option(
+            help="none: the repository is read once; explicit: `asen export/index --reload "
+            "URL` loads new versions; poll: Triton rescans the repository (docs/operations.md)."
+        ),
+    ] = ModelControl.none,
 ) -> None:
-    """Serve the model repository with a real tritonserver until Ctrl-C (model control off)."""
+    """Serve the model repository with a real tritonserver until Ctrl-C."""
     from asen.client.server import find_server, launch, serve_until_stopped
 
     binary = find_server()
     kind = "bundled in nvidia-pytriton" if binary.bundled else "on PATH"
     console.print(f"tritonserver ({kind}): {binary.path}", highlight=False)
     with console.status("starting tritonserver"):
-        handle = launch(repo, host, http_port, grpc_port, metrics_port, log_file)
+        handle = launch(
+            repo,
+            host,
+            http_port,
+            grpc_port,
+            metrics_port,
+            log_file,
+            model_control=model_control.value,
+        )
     serve_until_stopped(handle, announce=functools.partial(_print_serving, handle))
     console.print("tritonserver stopped")
-
-
-def _levels_table(levels: list, title: str) -> Table:
-    """perf_analyzer's figures, one row a concurrency level."""
-    table = Table(title=title, caption="latency, server queue and compute in ms")
-    for name in ("concurrency", "images/s", "p50", "p90", "p99", "queue", "compute", "batch/exec"):
-        table.add_column(name, justify="right")
-    for v in levels:
-        table.add_row(
-            str(v.concurrency),
-            f"{v.throughput:.1f}",
-            *(f"{x:.2f}" for x in (v.p50_ms, v.p90_ms, v.p99_ms, v.queue_ms, v.compute_ms)),
-            f"{v.batch_per_execution:.2f}",
-        )
-    return table
 
 
 bench_app = typer.Typer(help="Load tests.", no_args_is_help=True)
 
 
+@dataclass(frozen=True)
+class BenchLoad:
+    """`asen bench serve`: the load levels and how perf_analyzer measures each."""
+
+    concurrency: Annotated[
+        str | None,
+        typer.Option(
+            help="Concurrency levels: first, last and step (e.g. 1:16:1), or one (8). "
+            "[default: 1:16:1]"
+        ),
+    ] = None
+    request_rate: Annotated[
+        str | None,
+        typer.Option(help="Sweep request rates instead (requests/s): 10:40:10, or one (20)."),
+    ] = None
+    request_distribution: Annotated[
+        str, typer.Option(help="With --request-rate: constant or poisson arrivals.")
+    ] = "constant"
+    latency_threshold: Annotated[
+        float | None,
+        typer.Option(help="Stop the sweep after the first level whose p99 is over this (ms)."),
+    ] = None
+    measurement_interval: Annotated[
+        int, typer.Option(help="perf_analyzer's measurement window (ms).")
+    ] = 5000
+    stability: Annotated[
+        int, typer.Option(help="perf_analyzer's stability threshold (percent).")
+    ] = 10
+
+
 @bench_app.command("serve")
-@with_options(server=ServerAddress, connection=TritonConnection)
+@with_options(server=ServerAddress, connection=TritonConnection, load=BenchLoad)
 def bench_serve(
-    model: Annotated[str, typer.Option(help="Served encoder model, e.g. asen_onnx.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Served model: an encoder (asen_onnx), the asen ensemble or asen_search."
+        ),
+    ],
     model_version: Annotated[
         str | None, typer.Option(help="Model version (default: the server's latest).")
     ] = None,
-    concurrency: Annotated[
-        str,
-        typer.Option(help="Concurrency levels: first, last and step (e.g. 1:16:1), or one (8)."),
-    ] = "1:16:1",
     batch_size: Annotated[int, typer.Option(help="Images per request.")] = 1,
     input_data: Annotated[
         Path | None,
-        typer.Option(help="Dataset root: its test queries as inputs (default: random images)."),
+        typer.Option(
+            help="Dataset root: its test queries as inputs (default: random images, as PNG "
+            "for the ensemble and asen_search)."
+        ),
     ] = None,
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="Write perf_analyzer's CSV.")
@@ -105,52 +149,76 @@ def bench_serve(
     plot: Annotated[
         Path | None, typer.Option(help="Write a throughput-latency plot (PNG).")
     ] = None,
-    measurement_interval: Annotated[
-        int, typer.Option(help="perf_analyzer's measurement window (ms).")
-    ] = 5000,
-    stability: Annotated[
-        int, typer.Option(help="perf_analyzer's stability threshold (percent).")
-    ] = 10,
     *,
     server: ServerAddress,
     connection: TritonConnection,
+    load: BenchLoad,
 ) -> None:
-    """Sweep concurrency on a running server with NVIDIA's perf_analyzer (real inputs)."""
-    from asen.client.perf import Sweep, Target, run_sweep
+    """Sweep concurrency or request rate on a running server with NVIDIA's perf_analyzer
+    (real inputs; server queue and compute from Triton's statistics)."""
+    from asen.client.perf import Target, parse_load, run_sweep
+    from asen.client.perf_report import levels_table, threshold_note
     from asen.client.perf_report import plot as plot_levels
 
     if server.url is None:
         raise AsenError("--url is required: the server's HOST:PORT (gRPC or HTTP port)")
-    sweep = Sweep.parse(concurrency)
+    sweep, rates = parse_load(load.concurrency, load.request_rate, load.request_distribution)
     protocol = server.protocol or "grpc"
     shared_memory = connection.shared_memory or "none"
     options = connection.options()
     target = Target(
         server.url, model, protocol, model_version or "", options["tls"], options["headers"] or {}
     )
-    with console.status(escape(f"perf_analyzer: {model} at {server.url}, concurrency {sweep}")):
+    what = f"{rates}" if rates else f"concurrency {sweep}"
+    with console.status(escape(f"perf_analyzer: {model} at {server.url}, {what}")):
         levels = run_sweep(
             target,
             sweep=sweep,
+            rates=rates,
+            latency_threshold_ms=load.latency_threshold,
             batch_size=batch_size,
             shared_memory=shared_memory,
             input_data=input_data,
             csv_out=csv_out,
-            interval_ms=measurement_interval,
-            stability=stability,
+            interval_ms=load.measurement_interval,
+            stability=load.stability,
         )
     title = (
         f"{model} at {server.url} ({protocol}, batch {batch_size}, shared memory {shared_memory})"
     )
-    console.print(_levels_table(levels, title))
-    if csv_out:
-        console.print(f"wrote {csv_out}", markup=False)
+    console.print(levels_table(levels, title))
+    for note in threshold_note(levels, load.latency_threshold), csv_out and f"wrote {csv_out}":
+        if note:
+            console.print(note, markup=False)
     if plot:
         plot_levels(levels, plot, f"{model} ({protocol}, batch {batch_size}, shm {shared_memory})")
         console.print(f"wrote {plot}", markup=False)
 
 
-@with_options(server=ServerAddress)
+@dataclass(frozen=True)
+class CatalogAppOptions:
+    """`asen app --store`: the catalog page and JSON API instead of the served search."""
+
+    store: Annotated[
+        str | None,
+        typer.Option(help="Catalog store (a .db path or http(s)://host:port): serve its API."),
+    ] = None
+    collection: Annotated[str, typer.Option(help="With --store: the collection.")] = "asen_catalog"
+    token: Annotated[str | None, typer.Option(help="With --store: the Milvus token.")] = None
+    encoder: Annotated[
+        str | None, typer.Option(help="With --store: the photo encoder's model (see --backend).")
+    ] = None
+    backend: Annotated[str, typer.Option(help="With --store: the encoder's backend.")] = "torch"
+    device: Annotated[str, typer.Option(help="With --store: the encoder's device.")] = "auto"
+    write_token: Annotated[
+        str | None, typer.Option(help="With --store: bearer token the write endpoints require.")
+    ] = None
+    images: Annotated[
+        Path | None, typer.Option(help="With --store: the root of the items' image paths.")
+    ] = None
+
+
+@with_options(server=ServerAddress, catalog=CatalogAppOptions)
 def app(
     model: Annotated[str, typer.Option(help="Served search model.")] = "asen_search",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -162,15 +230,18 @@ def app(
     max_upload_mb: Annotated[float, typer.Option(help="Largest query image accepted.")] = 10.0,
     *,
     server: ServerAddress,
+    catalog: CatalogAppOptions,
 ) -> None:
-    """A web page on the served asen_search model: upload or pick a query, see the top k."""
-    from asen.client.app import Settings, run
+    """A web page on the served asen_search model (or, with --store, on a catalog store and
+    its JSON API): upload or pick a query, see the top k."""
+    from asen.client.app import Settings, run, upload_limit_bytes
+    from asen.client.catalog_api import catalog_settings
 
-    if max_upload_mb <= 0:
-        raise AsenError(f"--max-upload-mb {max_upload_mb}: must be positive")
-    settings = Settings(
-        server.url, model, server.protocol or "grpc", data, int(max_upload_mb * 2**20)
-    )
+    limit = upload_limit_bytes(max_upload_mb)  # nan, inf, 0 and below: one line
+    settings = Settings(server.url, model, server.protocol or "grpc", data, limit)
+    if catalog.store is not None:
+        options = dataclasses.asdict(catalog)
+        settings.catalog = catalog_settings(host, url=server.url, warn=console.print, **options)
 
     def ready(address: str) -> None:
         console.print(f"asen app on {address} (Ctrl-C to stop)", highlight=False)
@@ -180,9 +251,18 @@ def app(
 
 def register(root: typer.Typer) -> None:
     """Add the client layer's commands to `asen` (entry point `asen.commands`)."""
+    from asen.client import model_control
     from asen.client.search import served_search
+    from asen.export import commands as export_commands
 
     root.command("serve")(serve)
     root.add_typer(bench_app, name="bench")
     root.command("app")(app)
     search.EXTENSIONS.served_search = served_search
+    export_commands.SERVER_CONTROL[:] = [
+        export_commands.ServerControl(
+            check_reload_url=model_control.check_reload_url,
+            reload_models=model_control.reload_models,
+            written_versions=model_control.written_versions,
+        )
+    ]

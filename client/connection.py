@@ -11,14 +11,33 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Mapping
+from http import HTTPStatus
 
+import grpc
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from asen import AsenError
 from asen.remote import Tls
 
 PROTOCOLS = ("grpc", "http")
+# tritonclient raises one InferenceServerException for both protocols and keeps its status
+# as text: str() of the grpc.StatusCode ("StatusCode.UNAVAILABLE"), or the HTTP status
+# number ("503"). `status_code` turns that text back into the typed code, once, here.
+_GRPC_CODES = {str(code): code for code in grpc.StatusCode}
+
+
+def status_code(error: InferenceServerException) -> grpc.StatusCode | HTTPStatus | None:
+    """The typed status of a tritonclient error: a `grpc.StatusCode` (gRPC), an
+    `HTTPStatus` (HTTP), or None where it has none (an error raised by the client)."""
+    text = str(error.status() or "")
+    if text.isdigit():
+        try:
+            return HTTPStatus(int(text))
+        except ValueError:  # a number outside the standard's list
+            return None
+    return _GRPC_CODES.get(text)
 
 
 def check_protocol(protocol: str) -> str:

@@ -4,11 +4,14 @@ a model that is not served, and the model's own INVALID_ARGUMENT answers."""
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from pathlib import Path
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from asen.client.connection import status_code
 from tritonclient.utils import InferenceServerException
 
 from asen import AsenError
@@ -105,7 +108,7 @@ class ServedSearch:
             timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
             result = self._client.infer(self.model, inputs, outputs=outputs, **timeout)
         except InferenceServerException as e:
-            invalid = str(e.status()) in ("StatusCode.INVALID_ARGUMENT", "400")
+            invalid = status_code(e) in (grpc.StatusCode.INVALID_ARGUMENT, HTTPStatus.BAD_REQUEST)
             raise (BadQueryError if invalid else AsenError)(
                 f"{self.model}: {e.message() or e}"
             ) from None

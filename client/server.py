@@ -1,7 +1,7 @@
 """Finding, starting and stopping a real `tritonserver` on a model repository.
 
 The server is the one on PATH (NVIDIA's Triton container), else the one bundled in the
-`nvidia-pytriton` wheel (Python backend only; see README.md, "asen serve"). The
+`nvidia-pytriton` wheel (Python backend only; see docs/serving.md, "asen serve"). The
 repository is served through a view in a private run folder: each model with the first of
 its configs (`config.pbtxt`, then `configs/*.pbtxt`) whose backend this server has, and the
 files of its version folders linked in. So `<name>_onnx` runs on the ONNX Runtime backend
@@ -33,9 +33,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+from asen.client.model_control import ViewSync, control_flags, link_warmup
+from asen.export.repository import BACKEND_OF, CONFIG, read_config
+
 import asen
 from asen import AsenError
-from asen.export.repository import BACKEND_OF, CONFIG, read_config
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -131,9 +134,9 @@ def _who_listens(host: str, port: int) -> str:
     such, and stopped with its process group: its Python-backend stubs too."""
     pid = listener_pid(port)
     try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid else []
+        command = [a.encode() for a in psutil.Process(pid).cmdline()] if pid else []
         pgid = os.getpgid(pid) if pid else 0
-    except OSError:
+    except (psutil.Error, OSError):
         command, pgid = [], 0
     if command and command[0].endswith(b"tritonserver"):
         repository = next((a for a in command if a.startswith(b"--model-repository=")), b"")
@@ -157,19 +160,16 @@ def _answers_triton(host: str, port: int) -> bool:
 
 
 def listener_pid(port: int) -> int | None:
-    """The pid of the process listening on TCP `port` here, from /proc (None if unseen)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                cols = line.split()
-                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
-                    inodes.add(f"socket:[{cols[9]}]")
-    for proc in Path("/proc").iterdir():
-        if inodes and proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                    return int(proc.name)
+    """The pid of the process listening on TCP `port` here (psutil; None if unseen, e.g.
+    another user's process)."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            if conn.pid:
+                return conn.pid
     return None
 
 
@@ -263,6 +263,7 @@ def build_view(repo: Path, choices: list[Choice], view: Path) -> Path:
         target = view / c.model
         target.mkdir(parents=True)
         shutil.copyfile(c.config, target / CONFIG)
+        link_warmup(repo / c.model, target)
         for version in (repo / c.model).iterdir():
             if version.is_dir() and version.name.isdigit():
                 (target / version.name).mkdir()  # real folder: __pycache__ lands in the view
@@ -317,6 +318,9 @@ class ServerHandle:
     models: list[str] = field(default_factory=list)  # ready models
     versions: dict[str, list[int]] = field(default_factory=dict)  # ready versions per model
     watchdog: subprocess.Popen | None = None  # kills the group if the launcher dies
+    command: list[str] = field(default_factory=list)  # how it was started (for a restart)
+    env: dict[str, str] = field(default_factory=dict)
+    view_sync: ViewSync | None = None  # keeps the view in step (model control explicit, poll)
 
     @property
     def http_url(self) -> str:
@@ -372,6 +376,8 @@ class ServerHandle:
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM the server, then SIGKILL its whole process group (the Python stubs too)."""
         pgid = self.process.pid
+        if self.view_sync is not None:
+            self.view_sync.stop()
         if self.watchdog is not None:  # first, so it never signals a reused group id
             self.watchdog.kill()
             self.watchdog.wait()
@@ -395,8 +401,10 @@ def launch(
     metrics_port: int = 8002,
     log_file: str | Path | None = None,
     timeout: float = READY_TIMEOUT_S,
+    model_control: str = "none",
 ) -> ServerHandle:
-    """Start tritonserver on `repo` (model control off, bound to `host`, its output in
+    """Start tritonserver on `repo` (`model_control`: none, explicit or poll, see
+    client/model_control.py; bound to `host`, its output in
     `log_file`, by default `<repo>/tritonserver.log`) and wait until it and all its models
     are ready. The caller owns the handle: call `stop()`."""
     repo = Path(repo).resolve()
@@ -418,7 +426,7 @@ def launch(
             str(binary.path),
             f"--model-repository={view}",
             f"--backend-directory={backends}",
-            "--model-control-mode=none",
+            *control_flags(model_control),
             f"--http-address={host}",
             f"--http-port={http_port}",
             f"--grpc-address={host}",
@@ -427,16 +435,20 @@ def launch(
             f"--metrics-port={metrics_port}",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
         ]
-        process, watchdog = _spawn(command, log_file, _env(binary))
+        env = _env(binary)
+        process, watchdog = _spawn(command, log_file, env)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     handle = ServerHandle(
         process, host, http_port, grpc_port, metrics_port, log_file, run_dir, binary, choices
     )
-    handle.watchdog = watchdog
+    handle.watchdog, handle.command, handle.env = watchdog, command, env
     try:
         handle.wait_ready(timeout)
+        if model_control != "none":
+            sync = ViewSync(repo, run_dir / "models", binary.backend_names(), run_dir)
+            handle.view_sync = sync.start()
     except BaseException:
         handle.stop()
         raise
@@ -462,10 +474,11 @@ def _die_with_parent() -> Callable[[], None]:
 
 
 def _spawn(
-    command: list[str], log_file: Path, env: dict[str, str]
+    command: list[str], log_file: Path, env: dict[str, str], append: bool = False
 ) -> tuple[subprocess.Popen, subprocess.Popen]:
-    """tritonserver in its own process group, dying with this process, and its watchdog."""
-    with open(log_file, "wb") as log:
+    """tritonserver in its own process group, dying with this process, and its watchdog
+    (its output in `log_file`, after what is there with `append`: a restart)."""
+    with open(log_file, "ab" if append else "wb") as log:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -500,11 +513,20 @@ def start_server(repo: str | Path, **options) -> Iterator[ServerHandle]:
         handle.stop()
 
 
-def serve_until_stopped(handle: ServerHandle, announce: Callable[[], None]) -> None:
+def serve_until_stopped(
+    handle: ServerHandle,
+    announce: Callable[[], None],
+    report: Callable[[str], None] | None = None,
+) -> None:
     """Call `announce` (it tells the user how to stop), then block until Ctrl-C, SIGTERM or
-    SIGHUP (a closed terminal; then stop the server cleanly) or until the server exits on
-    its own (an error naming its log). A stop that arrives while `announce` runs is as
-    clean as one after it."""
+    SIGHUP (a closed terminal; then stop the server cleanly). A server that exits on its
+    own meanwhile is restarted with backoff, each restart one line through `report`
+    (default: stderr) and counted in the status file (client/supervise.py); one that
+    cannot be restarted is an error naming its log. A stop that arrives while `announce`
+    runs is as clean as one after it."""
+    from asen.client.supervise import Supervisor
+
+    supervisor = Supervisor(handle, report) if report else Supervisor(handle)
 
     received = []
 
@@ -516,9 +538,9 @@ def serve_until_stopped(handle: ServerHandle, announce: Callable[[], None]) -> N
     try:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             previous[sig] = signal.signal(sig, terminate)
+        supervisor.write_status("ready")
         announce()
-        code = handle.process.wait()
-        raise AsenError(f"tritonserver exited unexpectedly (code {code}; log: {handle.log_file})")
+        supervisor.run()
     except KeyboardInterrupt:
         pass
     finally:
@@ -526,3 +548,4 @@ def serve_until_stopped(handle: ServerHandle, announce: Callable[[], None]) -> N
             signal.signal(sig, handler)
         # the terminal is gone: no one waits for in-flight requests, so stop quickly
         handle.stop(HANGUP_STOP_S if signal.SIGHUP in received else STOP_TIMEOUT_S)
+        supervisor.write_status("stopped")

@@ -15,14 +15,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from asen.client.connection import check_protocol, make_client
+from asen.client.connection import check_protocol, make_client, status_code
 from asen.client.shm import SystemShm, check_shared_memory
+from asen.export.layout import all_variant
 from google.protobuf.json_format import MessageToDict
 from tritonclient.utils import InferenceServerException
 
@@ -34,7 +37,10 @@ from asen.remote import Tls
 
 IMAGE, ATTRIBUTE, OUTPUT, BYTES_INPUT = "image", "attribute", "embedding", "image_bytes"
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
-_TRANSIENT = ("StatusCode.UNAVAILABLE", "503")
+# Retried: the server cannot take the call now (starting, a model loading, a full queue).
+# gRPC's own retry policy (service config) would cover gRPC alone and HTTP needs a loop
+# anyway, so one loop (`_retrying`) serves both, keyed on the typed status codes.
+_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, HTTPStatus.SERVICE_UNAVAILABLE})
 _BAD_IMAGE = re.compile(re.escape(BYTES_INPUT) + r"\[(\d+)\]: (.*)")
 
 
@@ -92,10 +98,12 @@ class TritonEncoder(Encoder):
                 if ensemble.get("platform") != "ensemble":
                     raise AsenError(f"--send-bytes: Triton model {model} is not the bytes ensemble")
                 self.batch_size = min(self.batch_size, ensemble["max_batch_size"])
+            self.all_model = self._served_all_model(self.model)
         except BaseException:
             self.close()
             raise
-        self._pool = ThreadPoolExecutor(max(1, in_flight), thread_name_prefix="triton")
+        self.in_flight = max(1, in_flight)  # requests in flight (`--concurrency`)
+        self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="triton")
 
     @classmethod
     def open(
@@ -110,6 +118,7 @@ class TritonEncoder(Encoder):
         headers: Mapping[str, str] | None = None,
         shared_memory: str = "none",
         model_version: str | None = None,
+        concurrency: int | None = None,
     ) -> TritonEncoder:
         """`model`: the served model's name (the `asen` ensemble or an encoder model); the
         options as for the constructor."""
@@ -123,11 +132,46 @@ class TritonEncoder(Encoder):
             headers=headers,
             shared_memory=shared_memory,
             model_version=model_version,
+            in_flight=concurrency or 4,
         )
 
     @property
     def input_kind(self) -> InputKind:
         return "files" if self.send_bytes else "tensors"
+
+    def _served_all_model(self, model: str) -> str | None:
+        """The all-attributes model exported beside `model` (`asen_onnx` ->
+        `asen_all_onnx`), when the server has it ready; None otherwise."""
+        name = all_variant(model)
+        if name is None:
+            return None
+        client = self._client()
+        try:
+            if not self._retrying(lambda: client.is_model_ready(name, self.model_version)):
+                return None
+        except InferenceServerException:
+            return None
+        config = self._model_config(name, self.model_version)
+        return name if config["params"].get("graph") == "all" else None
+
+    @property
+    def has_all_graph(self) -> bool:
+        return self.all_model is not None
+
+    def encode_all_batch(self, images: np.ndarray) -> np.ndarray:
+        """Every attribute in one request to the all-attributes model, when served."""
+        if self.all_model is None:
+            return super().encode_all_batch(images)
+        per_row = len(self.info.attributes) * self.info.dim
+        return self._infer(self.all_model, {IMAGE: images}, per_row)
+
+    def identity(self) -> dict[str, str]:
+        """The served model's precision (its config says it); Triton does not report the
+        checkpoint, so its sha256 stays empty."""
+        return {
+            "checkpoint_sha256": "",
+            "precision": self.config["params"].get("precision", "fp32"),
+        }
 
     # connection --------------------------------------------------------------------------
     def _client(self):
@@ -166,7 +210,7 @@ class TritonEncoder(Encoder):
             try:
                 return call()
             except InferenceServerException as e:
-                transient, reason = str(e.status()) in _TRANSIENT, e.message() or str(e)
+                transient, reason = status_code(e) in _TRANSIENT, e.message() or str(e)
                 if not transient:
                     raise
             except TimeoutError:
@@ -187,7 +231,8 @@ class TritonEncoder(Encoder):
     def _wait_live(self) -> None:
         def live() -> bool:
             if not self._client().is_server_live():
-                raise InferenceServerException("server not live", status="503")
+                unavailable = str(HTTPStatus.SERVICE_UNAVAILABLE.value)
+                raise InferenceServerException("server not live", status=unavailable)
             return True
 
         self._retrying(live, " (is `asen serve` running?)")
@@ -244,8 +289,10 @@ class TritonEncoder(Encoder):
         return f"Triton at {self.url} over {self.protocol}: {via}, batches of {self.batch_size}"
 
     # inference -----------------------------------------------------------------------------
-    def _infer(self, model: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        inputs, outputs, read = self._tensors(feeds)
+    def _infer(
+        self, model: str, feeds: dict[str, np.ndarray], per_row: int | None = None
+    ) -> np.ndarray:
+        inputs, outputs, read = self._tensors(feeds, per_row or self.info.dim)
         client = self._client()
         options = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
 
@@ -256,7 +303,7 @@ class TritonEncoder(Encoder):
         try:
             result = self._retrying(call, " mid-run (did the server stop?)")
         except InferenceServerException as e:
-            if "DEADLINE_EXCEEDED" in str(e.status()):
+            if status_code(e) is grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise AsenError(
                     f"Triton {model}: no answer within {self.timeout_s:.0f} s"
                 ) from None
@@ -267,13 +314,13 @@ class TritonEncoder(Encoder):
             raise AsenError(f"Triton {model}: {message.splitlines()[0]}") from None
         return read(result)
 
-    def _tensors(self, feeds: dict[str, np.ndarray]) -> tuple[list, list, Callable]:
+    def _tensors(self, feeds: dict[str, np.ndarray], per_row: int) -> tuple[list, list, Callable]:
         """(inputs, requested outputs, read(result) -> embeddings) for one request: the
         bytes in the request, or in this thread's shared-memory regions."""
         module = grpcclient if self.protocol == "grpc" else httpclient
         if self._shm is not None:
             rows = len(next(iter(feeds.values())))
-            return self._shm.attach(module, feeds, OUTPUT, rows * self.info.dim * 4)
+            return self._shm.attach(module, feeds, OUTPUT, rows * per_row * 4)
         inputs = []
         for name, array in feeds.items():
             dtype = "BYTES" if array.dtype == object else str(array.dtype).upper()

@@ -17,20 +17,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-
-import asen
-from asen import AsenError
-from asen.atomic import file_sha256
-from asen.checkpoint import load_model
-from asen.data.splits import open_dataset
-from asen.encoders import Encoder, TorchEncoder
-from asen.model.shape import ModelInfo
 from asen.export import layout, staging, versions
 from asen.export.calibrate import CalibrationSource, calibration_set, check_attributes
 from asen.export.deployment import DeploymentOptions
 from asen.export.encoders import OnnxEncoder, TrtEncoder
 from asen.export.onnx import OPSET, check_onnx, export_onnx
 from asen.export.precision import ACTIVATIONS, parse_precisions, to_fp16, to_int8
+from asen.export.release import TRITON_RELEASE
 from asen.export.repository import write_repository
 from asen.export.tensorrt import build_engine, require_tensorrt
 from asen.export.verify import (
@@ -39,12 +32,21 @@ from asen.export.verify import (
     DatasetCheck,
     Parity,
     Tolerance,
+    check_all_graph,
     check_parity,
     tolerance_for,
 )
 
+import asen
+from asen import AsenError
+from asen.atomic import file_sha256
+from asen.checkpoint import load_model
+from asen.data.splits import open_dataset
+from asen.encoders import Encoder, TorchEncoder
+from asen.model.shape import ModelInfo
+
 Report = Callable[[str], None]
-OWNED_ENTRIES = {"config.pbtxt", "configs", versions.MANIFEST}  # and version folders
+OWNED_ENTRIES = {"config.pbtxt", "configs", "warmup", versions.MANIFEST}  # and versions
 VERIFY_SPLIT = "valid"
 
 
@@ -61,6 +63,7 @@ class Options:
     max_map_drop: float | None = None
     min_cosine: float | None = None
     checkpoint_sha256: str = ""  # recorded in every model.json
+    all_graph: bool = False  # also export the all-attributes graphs (`<name>_all_onnx`...)
     deployment: DeploymentOptions = DeploymentOptions()
     model_versions: versions.VersionRequest = versions.VersionRequest()
 
@@ -162,15 +165,23 @@ def _graph_paths(new: Path, source: Path, name: str, precisions: Iterable[str]) 
 
 
 def _make_graphs(
-    model, info: ModelInfo, paths: dict, opts: Options, calibration, report: Report
+    model,
+    info: ModelInfo,
+    paths: dict,
+    opts: Options,
+    calibration,
+    report: Report,
+    graph: str = "pair",
 ) -> dict:
-    """Export the fp32 graph and convert it; returns (precision, engine) -> sidecar fields."""
+    """Export the fp32 graph (`graph="all"`: the all-attributes graph) and convert it;
+    returns (precision, engine) -> sidecar fields."""
     source = paths[("fp32", "any")]
+    what = "all-attributes graph" if graph == "all" else "model"
     report(
-        f"exporting stage-{info.stage} model (S={info.source_size}, D={info.dim}) "
+        f"exporting stage-{info.stage} {what} (S={info.source_size}, D={info.dim}) "
         f"to ONNX opset {OPSET}"
     )
-    export_onnx(model, info, source, opts.max_batch)
+    export_onnx(model, info, source, opts.max_batch, graph=graph)
     staging.fault_point("onnx")
     fields = {("fp32", "any"): {"precision": "fp32", "producer": f"torch.onnx {torch.__version__}"}}
     if "fp16" in opts.precisions:
@@ -190,11 +201,19 @@ def _make_graphs(
     return fields
 
 
-def _verify_graphs(paths: dict, fields: dict, verifier: _Verifier, opts: Options, report: Report):
+def _verify_graphs(
+    paths: dict,
+    fields: dict,
+    verifier: _Verifier,
+    opts: Options,
+    report: Report,
+    graph: str = "pair",
+):
     """Verify every graph against PyTorch fp32 and write its `model.json`."""
     info = verifier.reference.info
     for (precision, engine), path in paths.items():
         what = f"ONNX Runtime {precision}" + (f" ({engine} graph)" if engine != "any" else "")
+        what += " all-attributes graph" if graph == "all" else ""
         if precision == "fp32":  # the exact check on probes first: the source of every graph
             check_parity(verifier.reference, OnnxEncoder(path, "cpu"), ONNX_TOLERANCE, what)
         tol = tolerance_for(precision, max_map_drop=opts.max_map_drop, min_cosine=opts.min_cosine)
@@ -206,6 +225,7 @@ def _verify_graphs(paths: dict, fields: dict, verifier: _Verifier, opts: Options
             "asen_export": f"asen {asen.__version__}",
             "checkpoint_sha256": opts.checkpoint_sha256,
             **fields[(precision, engine)],
+            **({"graph": "all"} if graph == "all" else {}),
             "verified_on": verifier.source,
             **parity.figures(),
         }
@@ -222,7 +242,10 @@ def _build_plans(new: Path, paths: dict, verifier: _Verifier, opts: Options, rep
         plan.parent.mkdir(parents=True)
         report(f"building TensorRT {precision} engine (strongly typed, batch 1..{opts.max_batch})")
         meta = build_engine(graph, plan, info, opts.max_batch, precision)
+        report(TRITON_RELEASE.plan_compatibility(meta["tensorrt_version"]))
         meta["checkpoint_sha256"] = opts.checkpoint_sha256
+        if opts.name.endswith(layout.ALL):  # the plans of the all-attributes graphs
+            meta["graph"] = "all"
         layout.write_sidecar(plan, meta)
         base = tolerance_for(precision, max_map_drop=opts.max_map_drop)
         tol = replace(TRT_TOLERANCE[precision], max_map_drop=base.max_map_drop)
@@ -230,6 +253,37 @@ def _build_plans(new: Path, paths: dict, verifier: _Verifier, opts: Options, rep
         report(f"TensorRT {precision} vs PyTorch fp32: {parity}")
         layout.write_sidecar(plan, {**meta, "verified_on": verifier.source, **parity.figures()})
     staging.fault_point("plans")
+
+
+def _stage_all(
+    stage: staging.Staging,
+    verifier: _Verifier,
+    opts: Options,
+    calibration,
+    report: Report,
+    *,
+    pair_source: Path,
+) -> dict:
+    """The all-attributes graphs (`<name>_all_onnx...`) beside the pair graphs: exported,
+    converted, checked against the fp32 pair graph per attribute and verified against
+    PyTorch like them. Returns their paths ({} with `all_graph` off)."""
+    if not opts.all_graph:
+        return {}
+    model, info = verifier.reference.model, verifier.reference.info
+    name = layout.all_name(opts.name)
+    source = (
+        layout.in_model(stage.new, layout.onnx_model(name))
+        if "fp32" in opts.precisions
+        else stage.path / "source" / f"{name}.onnx"
+    )
+    paths = _graph_paths(stage.new, source, name, opts.precisions)
+    fields = _make_graphs(model, info, paths, opts, calibration, report, graph="all")
+    parity = check_all_graph(OnnxEncoder(source, "cpu"), OnnxEncoder(pair_source, "cpu"))
+    report(f"all-attributes graph vs the pair graph (ONNX Runtime fp32), per attribute: {parity}")
+    if "fp32" not in opts.precisions:
+        del paths[("fp32", "any")]
+    _verify_graphs(paths, fields, verifier, opts, report, graph="all")
+    return paths
 
 
 def _stage(
@@ -247,8 +301,12 @@ def _stage(
     if "fp32" not in opts.precisions:
         del paths[("fp32", "any")]  # the source of the others, not installed
     _verify_graphs(paths, fields, verifier, opts, report)
+    all_paths = _stage_all(stage, verifier, opts, calibration, report, pair_source=source)
     if opts.trt:
         _build_plans(stage.new, paths, verifier, opts, report)
+        if all_paths:
+            all_opts = replace(opts, name=layout.all_name(opts.name))
+            _build_plans(stage.new, all_paths, verifier, all_opts, report)
     write_repository(
         stage.new,
         opts.name,
@@ -284,6 +342,7 @@ def export_model(
     min_cosine: float | None = None,
     deployment: DeploymentOptions | None = None,
     model_versions: versions.VersionRequest | None = None,
+    all_graph: bool = False,
     report: Report = lambda line: None,
 ) -> list[Path]:
     """Export `checkpoint` into the model repository `repo`: per precision its verified ONNX
@@ -291,7 +350,9 @@ def export_model(
     `trt` their TensorRT plans, each with a `model.json`, and the Triton configs around them
     (`export.repository`). The repository's previous models of `name` are replaced as one
     set; `deployment` says how Triton runs the encoder models, `model_versions` which
-    version the export writes beside which kept ones (`export.versions`). Returns the files
+    version the export writes beside which kept ones (`export.versions`); `all_graph`
+    adds the all-attributes graphs (`<name>_all_onnx`..., image -> [B, A, D]) in every
+    precision, with their configs and `<name>_all` ensembles. Returns the files
     installed; `report` receives progress lines."""
     repo = Path(repo)
     opts = Options(
@@ -305,6 +366,7 @@ def export_model(
         min_cosine=min_cosine,
         deployment=deployment or DeploymentOptions(),
         model_versions=model_versions or versions.VersionRequest(),
+        all_graph=all_graph,
     )
     _check_request(repo, opts, report)
     model, ckpt = load_model(checkpoint, "cpu")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from asen import AsenError
 from asen.commands import search
 from asen.commands.ui import console
 
@@ -23,6 +27,14 @@ BuildTrt = Annotated[
     typer.Option(
         "--trt",
         help="Also build a strongly typed TensorRT engine per precision (TensorRT 10/11, GPU).",
+    ),
+]
+AllAttributes = Annotated[
+    bool,
+    typer.Option(
+        "--all-attributes",
+        help="Also export <name>_all: every attribute of an image in one pass (the global "
+        "backbone once), in each precision, for `asen catalog embed`.",
     ),
 ]
 CalibrateRoot = Annotated[
@@ -80,6 +92,30 @@ MaxQueueDelay = Annotated[
         "--max-queue-delay-us", help="Deployment: longest wait to form a batch (default 2000)."
     ),
 ]
+MaxQueueSize = Annotated[
+    int | None,
+    typer.Option(
+        help="Deployment: requests that may wait per encoder model; the excess is refused "
+        "at once (UNAVAILABLE / HTTP 503). Default unbounded."
+    ),
+]
+QueueTimeout = Annotated[
+    int | None,
+    typer.Option(
+        "--queue-timeout-us", help="Deployment: longest wait in the queue (default none)."
+    ),
+]
+QueueTimeoutAction = Annotated[
+    str | None,
+    typer.Option(help="Deployment: past --queue-timeout-us, reject (default) or delay."),
+]
+Warmup = Annotated[
+    bool | None,
+    typer.Option(
+        "--warmup/--no-warmup",
+        help="Deployment: warm each model on a real image before it is ready (default on).",
+    ),
+]
 ExportVersion = Annotated[
     str,
     typer.Option(
@@ -94,6 +130,14 @@ OverwriteEdited = Annotated[
     bool,
     typer.Option("--overwrite-edited", help="Replace configs edited since asen wrote them."),
 ]
+ReloadUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--reload",
+        help="Then ask the Triton server at this URL (host:port, http:// or grpc://; "
+        "`asen serve --model-control explicit`) to load what was written.",
+    ),
+]
 
 
 def export(
@@ -107,6 +151,7 @@ def export(
     ] = "asen",
     precision: Precisions = None,
     trt: BuildTrt = False,
+    all_attributes: AllAttributes = False,
     fp16: Annotated[
         bool, typer.Option("--fp16", help="Alias of --precision fp16 (deprecated).")
     ] = False,
@@ -126,9 +171,14 @@ def export(
     dynamic_batching: DynamicBatching = None,
     preferred_batch: PreferredBatch = None,
     max_queue_delay_us: MaxQueueDelay = None,
+    max_queue_size: MaxQueueSize = None,
+    queue_timeout_us: QueueTimeout = None,
+    queue_timeout_action: QueueTimeoutAction = None,
+    warmup: Warmup = None,
     model_version: ExportVersion = "1",
     keep: Keep = None,
     overwrite_edited: OverwriteEdited = False,
+    reload: ReloadUrl = None,
 ) -> None:
     """Export a checkpoint to ONNX graphs of each precision (and TensorRT engines), each
     verified against PyTorch fp32, switched into the model repository as one set."""
@@ -138,19 +188,13 @@ def export(
     from asen.export.versions import VersionRequest
 
     report = functools.partial(console.print, markup=False, highlight=False)
+    if reload is not None:
+        _server_control().check_reload_url(reload)  # refused before anything is written
     precisions = [*(precision or []), *(["fp16"] if fp16 else [])]
     if fp16:
         report("note: --fp16 is deprecated; it means --precision fp16 (an FP16 graph and plan)")
     source = calibrate and CalibrationSource(calibrate, split, calibration_images)
-    deployment = DeploymentOptions.load(
-        config,
-        instances=instances,
-        instance_kind=instance_kind,
-        threads=threads,
-        dynamic_batching=dynamic_batching,
-        preferred_batch=preferred_batch,
-        max_queue_delay_us=max_queue_delay_us,
-    )
+    deployment = DeploymentOptions.load(config, **deployment_flags(locals()))
     written = export_model(
         checkpoint,
         repo,
@@ -164,22 +208,69 @@ def export(
         min_cosine=min_cosine,
         deployment=deployment,
         model_versions=VersionRequest(model_version, keep, overwrite_edited),
+        all_graph=all_attributes,
         report=report,
     )
     for path in written:
         report(f"wrote {path}")
+    if reload is not None:
+        _reload(reload, repo, written, report)
 
 
-def publish_index(index, embedded, *, data_root, repo: Path, encoder: str, source: str):
+def deployment_flags(given: dict) -> dict:
+    """The deployment options among `asen export`'s parameters: one per field of
+    DeploymentOptions, so the options and the YAML keys stay in step (a field without its
+    option is a KeyError in every export)."""
+    from asen.export.deployment import DeploymentOptions
+
+    return {f.name: given[f.name] for f in dataclasses.fields(DeploymentOptions)}
+
+
+@dataclass
+class ServerControl:
+    """What the client layer lends `asen export` and `asen index --repo` when it registers
+    (asen.client.model_control): `--reload URL` has a running Triton server load what they
+    wrote. The export layer never imports the client layer."""
+
+    check_reload_url: Callable[[str], object]
+    reload_models: Callable[..., None]
+    written_versions: Callable[..., dict]
+
+
+SERVER_CONTROL: list[ServerControl] = []  # filled by asen.client.commands.register
+
+
+def _server_control() -> ServerControl:
+    if not SERVER_CONTROL:
+        raise AsenError("--reload needs asen's client layer (asen.client), which is not installed")
+    return SERVER_CONTROL[0]
+
+
+def _reload(url: str, repo: Path, written: list[Path], report) -> None:
+    """`--reload URL`: the server loads the models the export wrote, new versions ready."""
+    control = _server_control()
+    control.reload_models(url, repo, control.written_versions(repo, written), report=report)
+
+
+def publish_index(
+    index, embedded, *, data_root, repo: Path, encoder: str, source: str, reload=None
+):
     """`asen index --repo`: record the encoder in the index now; returns the step that adds
-    the saved index to the repository as model asen_search (and says what it wrote)."""
-    from asen.export.search_model import add_search_model, record_encoder
+    the saved index to the repository as model asen_search (and says what it wrote), and
+    with `reload` (a URL) has that server load it."""
+    from asen.export.search_model import SEARCH_MODEL, add_search_model, record_encoder
 
+    if reload is not None:
+        _server_control().check_reload_url(reload)
     record_encoder(index, embedded, data_root=data_root, repo=repo, encoder=encoder, source=source)
 
     def add() -> str:
         version = add_search_model(repo, index, encoder)
-        return f"wrote {version} (model asen_search, encoder {encoder})"
+        lines = [f"wrote {version} (model asen_search, encoder {encoder})"]
+        if reload is not None:
+            expect = {SEARCH_MODEL: [int(version.name)]}
+            _server_control().reload_models(reload, repo, expect, report=lines.append)
+        return "\n".join(lines)
 
     return add
 

@@ -1,5 +1,6 @@
 """How Triton runs the exported encoder models (`asen export` deployment options): instance
-count and kind, ONNX Runtime threads, dynamic batching. Given as options or as a YAML file
+count and kind, ONNX Runtime threads, dynamic batching, the queue policy (bound, timeout,
+reject or delay) and warmup. Given as options or as a YAML file
 (`asen export --config FILE`, the same names with `_`); options given on the command line
 win over the file. Written into each encoder model's `config.pbtxt` by `export.repository`.
 """
@@ -15,6 +16,7 @@ from asen import AsenError
 from asen.config import read_yaml_mapping
 
 KINDS = ("cpu", "gpu")
+TIMEOUT_ACTIONS = ("reject", "delay")
 DEFAULT_PREFERRED = (8, 16, 32)  # kept where at most the max batch
 DEFAULT_DELAY_US = 2000
 
@@ -46,6 +48,10 @@ class DeploymentOptions:
     dynamic_batching: bool = True
     preferred_batch: tuple[int, ...] | None = None
     max_queue_delay_us: int = DEFAULT_DELAY_US
+    max_queue_size: int | None = None  # requests waiting per model; the excess is refused
+    queue_timeout_us: int | None = None  # longest wait in the queue
+    queue_timeout_action: str = "reject"  # reject | delay (run it after the others)
+    warmup: bool = True  # model_warmup on a real image, before the model reports ready
 
     @classmethod
     def load(cls, config: Path | None = None, **given: Any) -> DeploymentOptions:
@@ -80,9 +86,19 @@ class DeploymentOptions:
             )
         if not self.dynamic_batching and self.preferred_batch is not None:
             raise AsenError("--preferred-batch needs dynamic batching (drop --no-dynamic-batching)")
+        if not self.dynamic_batching and self.queue_policy:
+            raise AsenError(
+                "--max-queue-size and --queue-timeout-us set the dynamic batcher's queue "
+                "(drop --no-dynamic-batching)"
+            )
         too_big = [b for b in self.preferred_batch or () if b > max_batch]
         if too_big:
             raise AsenError(f"--preferred-batch {too_big[0]}: larger than --max-batch {max_batch}")
+
+    @property
+    def queue_policy(self) -> bool:
+        """Whether a queue bound or timeout is set."""
+        return self.max_queue_size is not None or self.queue_timeout_us is not None
 
     def preferred(self, max_batch: int) -> list[int]:
         """The preferred batch sizes for a model of `max_batch`."""
@@ -99,11 +115,21 @@ def _coerce(key: str, value: Any, flag: str) -> Any:
         if value not in KINDS:
             raise AsenError(f"{flag} {value!r}: expected cpu or gpu")
         return value
-    if key == "dynamic_batching":
+    if key == "queue_timeout_action":
+        if value not in TIMEOUT_ACTIONS:
+            raise AsenError(f"{flag} {value!r}: expected reject or delay")
+        return value
+    if key in ("dynamic_batching", "warmup"):
         if not isinstance(value, bool):
             raise AsenError(f"{flag} {value!r}: expected true or false")
         return value
-    low = {"instances": 1, "threads": 1, "max_queue_delay_us": 0}[key]
+    low = {
+        "instances": 1,
+        "threads": 1,
+        "max_queue_delay_us": 0,
+        "max_queue_size": 1,
+        "queue_timeout_us": 1,
+    }[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise AsenError(f"{flag} {value!r}: expected an integer of at least {low}")
     return value

@@ -22,6 +22,32 @@ ARTIFACTS = {"onnx": ("_onnx", "model.onnx"), "trt": ("_trt", "model.plan")}  # 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 PRECISIONS = ("fp32", "fp16", "int8")
 _TAIL = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
+ALL = "_all"  # the all-attributes graphs of `<name>` are the models of `<name>_all`
+
+
+def all_name(name: str) -> str:
+    """The export name of `name`'s all-attributes graphs: `<name>_all` (models
+    `<name>_all_onnx`, `<name>_all_trt`, ..., ensembles `<name>_all`, `<name>_all_fp16`...)."""
+    return f"{name}{ALL}"
+
+
+_ENDINGS = sorted(
+    {kind + tail for kind in ("_onnx", "_trt", "") for tail in ("_int8_trt", *_TAIL.values())}
+    | {"_fp32"},
+    key=len,
+    reverse=True,
+)
+
+
+def all_variant(model: str) -> str | None:
+    """The all-attributes model beside an encoder or ensemble model of an export:
+    `asen_onnx_fp16` -> `asen_all_onnx_fp16`, `asen` -> `asen_all`; None for a model that is
+    already one (`..._all...`)."""
+    for ending in _ENDINGS:
+        if model.endswith(ending) and len(model) > len(ending):
+            base = model[: len(model) - len(ending)]
+            return None if base.endswith(ALL) else f"{all_name(base)}{ending}"
+    return None
 
 
 def onnx_model(name: str, precision: str = "fp32", *, tensorrt: bool = False) -> str:
@@ -45,13 +71,18 @@ def in_model(repo: Path, model: str, kind: str = "onnx") -> Path:
     return Path(repo) / model / VERSION / ARTIFACTS[kind][1]
 
 
-def owned_models(name: str) -> list[str]:
-    """Every model folder an export of `name` may write: the set it replaces as a whole."""
-    names = {name, f"{name}_preprocess", onnx_model(name, "int8", tensorrt=True)}
+def _models(name: str) -> set[str]:
+    names = {name, onnx_model(name, "int8", tensorrt=True)}
     for p in PRECISIONS:
         names |= {onnx_model(name, p), plan_model(name, p)}
         names |= {ensemble_model(name, p, first=False)}
-    return sorted(names)
+    return names
+
+
+def owned_models(name: str) -> list[str]:
+    """Every model folder an export of `name` may write: the set it replaces as a whole
+    (the all-attributes models of `<name>_all` included)."""
+    return sorted({f"{name}_preprocess"} | _models(name) | _models(all_name(name)))
 
 
 def check_name(name: str) -> None:
@@ -116,7 +147,11 @@ def find_artifact(path: str | Path, kind: str) -> Path:
         return path / filename
     if versions := _versions(path, filename):
         return versions[-1]
-    models = sorted(p for p in path.glob(f"*{suffix}") if p.is_dir() and _versions(p, filename))
+    models = sorted(
+        p
+        for p in path.glob(f"*{suffix}")
+        if p.is_dir() and _versions(p, filename) and not p.name.endswith(f"{ALL}{suffix}")
+    )
     if len(models) == 1:
         return _versions(models[0], filename)[-1]
     if not models:

@@ -22,18 +22,37 @@ from asen.encoders import ModelInfo
 
 OPSET = 18
 INPUTS, OUTPUT = ("image", "attribute"), "embedding"
+ALL_INPUTS = ("image",)  # the all-attributes graph: image -> embedding [B, A, D]
+GRAPH_KEY = "graph"  # metadata key: "all" on the all-attributes graph (absent: the pair graph)
 SAMPLE_BATCH = 2  # batch of the example inputs traced at export (the graph's batch is dynamic)
 
 
-def export_onnx(model: torch.nn.Module, info: ModelInfo, path: Path, max_batch: int) -> None:
-    """Write `model`'s inference forward to `path` as one checked ONNX graph with metadata."""
+class AllAttributes(torch.nn.Module):
+    """The model's all-attributes function (`ASENPP.forward_all`) as a module to export."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_all(image)
+
+
+def export_onnx(
+    model: torch.nn.Module, info: ModelInfo, path: Path, max_batch: int, *, graph: str = "pair"
+) -> None:
+    """Write `model`'s inference forward to `path` as one checked ONNX graph with metadata;
+    `graph="all"`: its all-attributes function (image -> [B, A, D])."""
     model = model.eval().cpu()
     s = info.source_size
-    example = (
-        torch.zeros((SAMPLE_BATCH, 3, s, s), dtype=torch.uint8),
-        torch.zeros(SAMPLE_BATCH, dtype=torch.int64),
-    )
     batch = torch.export.Dim("batch", min=1)
+    image = torch.zeros((SAMPLE_BATCH, 3, s, s), dtype=torch.uint8)
+    if graph == "all":
+        model, inputs, example = AllAttributes(model).eval(), ALL_INPUTS, (image,)
+        dynamic: dict = {"image": {0: batch}}
+    else:
+        inputs, example = INPUTS, (image, torch.zeros(SAMPLE_BATCH, dtype=torch.int64))
+        dynamic = {"image": {0: batch}, "attribute": {0: batch}}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
         program = torch.onnx.export(
@@ -42,19 +61,20 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, path: Path, max_batch: 
             dynamo=True,
             verbose=False,
             opset_version=OPSET,
-            input_names=list(INPUTS),
+            input_names=list(inputs),
             output_names=[OUTPUT],
-            dynamic_shapes={"image": {0: batch}, "attribute": {0: batch}},
+            dynamic_shapes=dynamic,
         )
-    graph = program.model.graph
-    outputs = {id(v) for v in graph.outputs}
-    for node in graph:
+    nodes = program.model.graph
+    outputs = {id(v) for v in nodes.outputs}
+    for node in nodes:
         node.metadata_props.clear()  # the exporter's per-node stack traces and FX names
         for value in node.outputs:
             # aten.embedding's result is named `embedding`, which would shadow the output
             if value.name in (*INPUTS, OUTPUT) and id(value) not in outputs:
                 value.name = f"{value.name}_inner"
-    program.model.metadata_props.update(info.to_metadata(max_batch))
+    extra = {GRAPH_KEY: "all"} if graph == "all" else {}
+    program.model.metadata_props.update({**info.to_metadata(max_batch), **extra})
     program.save(path)  # initialisers inline unless the model is over 2 GB
     check_onnx(path, info)
 
@@ -88,6 +108,9 @@ def check_onnx(path: Path, info: ModelInfo) -> None:
         "attribute": (t.INT64, [batch]),
         "embedding": (t.FLOAT, [batch, info.dim]),
     }
+    if {p.key: p.value for p in model.metadata_props}.get(GRAPH_KEY) == "all":
+        del want["attribute"]
+        want["embedding"] = (t.FLOAT, [batch, len(info.attributes), info.dim])
     if got != want or not isinstance(batch, str):
         raise AsenError(f"{path}: graph inputs/outputs {got} differ from the contract {want}")
 

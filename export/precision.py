@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from asen.export.layout import PRECISIONS
 
 from asen import AsenError
 from asen.atomic import atomic_write_bytes
-from asen.export.layout import PRECISIONS
 
 BACKBONE_WEIGHT = ".backbone."  # initialiser names of the backbone convolutions
 BETWEEN_CONVS = {"Relu", "Add", "MaxPool"}  # run in reduced precision when fed by the backbone
@@ -121,9 +121,11 @@ def to_fp16(source: Path, target: Path) -> dict[str, str]:
 class CalibrationReader:
     """ONNX Runtime's CalibrationDataReader over preprocessed (image, attribute) batches."""
 
-    def __init__(self, images: np.ndarray, attributes: np.ndarray, batch: int = 16):
+    def __init__(self, images: np.ndarray, attributes: np.ndarray | None, batch: int = 16):
+        """`attributes` None: the all-attributes graph, fed images only."""
         self.feeds = [
-            {"image": images[i : i + batch], "attribute": attributes[i : i + batch]}
+            {"image": images[i : i + batch]}
+            | ({} if attributes is None else {"attribute": attributes[i : i + batch]})
             for i in range(0, len(images), batch)
         ]
         self.position = 0
@@ -142,7 +144,7 @@ def to_int8(
     source: Path,
     targets: dict[str, Path],
     images: np.ndarray,
-    attributes: np.ndarray,
+    attributes: np.ndarray | None,
 ) -> dict[str, str]:
     """Static INT8 quantization with Q/DQ nodes, calibrated once (min/max of every quantized
     tensor over the calibration pairs) and written twice: `targets["tensorrt"]` with
@@ -151,7 +153,10 @@ def to_int8(
     symmetric. Returns the sidecar fields both graphs share."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    nodes = sorted(reduced_nodes(onnx.load(str(source), load_external_data=False)))
+    graph = onnx.load(str(source), load_external_data=False)
+    nodes = sorted(reduced_nodes(graph))
+    if "attribute" not in {i.name for i in graph.graph.input}:  # the all-attributes graph
+        attributes = None
     cache = targets["cpu"].parent / "calibration.json"
     activation = {"tensorrt": QuantType.QInt8, "cpu": QuantType.QUInt8}
     quiet = logging.getLogger().level

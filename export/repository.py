@@ -14,6 +14,10 @@ For a model exported as `<name>` (model names: `export.layout`):
 - `<name>` (the first exported precision), `<name>_fp16`, `<name>_int8`: ensembles (image
   bytes, attribute) -> embedding. Each runs its precision's plan when one exists;
   `configs/python.pbtxt` runs its ONNX graph instead.
+- the all-attributes graphs (image -> embedding [B, A, D]), when exported, as the same set
+  under the name `<name>_all`: `<name>_all_onnx[_fp16|_int8|_int8_trt]`,
+  `<name>_all_trt[...]` and the ensembles `<name>_all[_fp16|_int8]` (image bytes ->
+  every attribute's embedding), through the same `<name>_preprocess`.
 
 Input and output names, types and dims are read from the ONNX graph itself.
 """
@@ -24,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from asen.export import layout
+from asen.export.deployment import DeploymentOptions
+from asen.export.warmup import add_warmup, write_warmup_files
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 from google.protobuf.text_format import ParseError
@@ -32,8 +39,6 @@ from tritonclient.grpc import model_config_pb2 as mc
 from asen import AsenError
 from asen.atomic import atomic_write_bytes, atomic_write_text
 from asen.model.shape import ModelInfo
-from asen.export import layout
-from asen.export.deployment import DeploymentOptions
 
 CONFIG = "config.pbtxt"
 VARIANT = "python"  # `configs/python.pbtxt`: the variant for a server with the Python backend only
@@ -111,6 +116,28 @@ def _common(
         batcher = config.dynamic_batching
         batcher.preferred_batch_size.extend(deployment.preferred(config.max_batch_size))
         batcher.max_queue_delay_microseconds = deployment.max_queue_delay_us
+        _queue_policy(batcher.default_queue_policy, deployment)
+    return _warm(config, deployment)
+
+
+def _queue_policy(policy: mc.ModelQueuePolicy, deployment: DeploymentOptions) -> None:
+    """The dynamic batcher's queue bound and timeout: Triton refuses a request that finds
+    the queue full, and one that waits past the timeout (or runs it last: delay)."""
+    if not deployment.queue_policy:
+        return
+    policy.max_queue_size = deployment.max_queue_size or 0  # 0: unbounded
+    policy.default_timeout_microseconds = deployment.queue_timeout_us or 0  # 0: none
+    policy.timeout_action = (
+        mc.ModelQueuePolicy.DELAY
+        if deployment.queue_timeout_action == "delay"
+        else mc.ModelQueuePolicy.REJECT
+    )
+
+
+def _warm(config: mc.ModelConfig, deployment: DeploymentOptions) -> mc.ModelConfig:
+    """`config` with its warmup on a real image (export.warmup), unless --no-warmup."""
+    if deployment.warmup:
+        add_warmup(config, int(config.parameters["source_size"].string_value))
     return config
 
 
@@ -146,13 +173,24 @@ def encoder_config(
     return _common(config, params, kind, deployment.instances, deployment=deployment)
 
 
-def preprocess_config(name: str, image: Tensor, max_batch: int) -> mc.ModelConfig:
-    """Encoded image bytes [B,1] -> the graph's image input [B,3,S,S], in a Python model."""
+def preprocess_config(
+    name: str, image: Tensor, max_batch: int, deployment: DeploymentOptions | None = None
+) -> mc.ModelConfig:
+    """Encoded image bytes [B,1] -> the graph's image input [B,3,S,S], in a Python model
+    (with the queue policy and warmup of `deployment`; its own instances and batching)."""
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch)
     _add(config.input, Tensor(BYTES_INPUT, mc.TYPE_STRING, (1,)))
     _add(config.output, image)
     params = {"source_size": str(image.dims[-1])}
-    return _common(config, params, mc.ModelInstanceGroup.KIND_CPU, PREPROCESS_INSTANCES)
+    deployment = deployment or DeploymentOptions()
+    own = DeploymentOptions(
+        max_queue_size=deployment.max_queue_size,
+        queue_timeout_us=deployment.queue_timeout_us,
+        queue_timeout_action=deployment.queue_timeout_action,
+        warmup=deployment.warmup,
+    )
+    kind = mc.ModelInstanceGroup.KIND_CPU
+    return _common(config, params, kind, PREPROCESS_INSTANCES, deployment=own)
 
 
 def ensemble_config(
@@ -191,6 +229,11 @@ def ensemble_config(
 
 
 def write_config(path: Path, config: mc.ModelConfig) -> Path:
+    """`config` as `path`, and the data files of its warmup in the model folder."""
+    if config.model_warmup:
+        model_dir = path.parent.parent if path.parent.name == "configs" else path.parent
+        source_size = int(config.parameters["source_size"].string_value)
+        write_warmup_files(model_dir, config, source_size)
     atomic_write_text(path, text_format.MessageToString(config))
     return path
 
@@ -228,6 +271,8 @@ class _Graph:
         params = info.to_metadata(max_batch)
         if artifact.suffix == ".plan" or meta.get("precision", "fp32") != "fp32":
             params["precision"] = meta.get("precision", "fp32")
+        if meta.get("graph") == "all":  # the all-attributes graph (image -> [B, A, D])
+            params["graph"] = "all"
         onnx_path = graph or artifact
         inputs, outputs = graph_tensors(onnx_path)
         if not any(t.name == IMAGE for t in inputs):
@@ -317,17 +362,36 @@ def write_repository(
     image = next(t for t in first.inputs if t.name == IMAGE)
     pre = f"{name}_preprocess"
     written = [
-        write_config(repo / pre / CONFIG, preprocess_config(pre, image, first.max_batch)),
+        write_config(
+            repo / pre / CONFIG, preprocess_config(pre, image, first.max_batch, deployment)
+        ),
         _install_source("preprocess.py", repo / pre),
     ]
+    for base in (name, layout.all_name(name)):  # the pair graphs, then the all-attributes ones
+        for precision in precisions:
+            if base == name or layout.in_model(repo, layout.onnx_model(base, precision)).is_file():
+                first = precision == precisions[0]
+                written += _precision_files(repo, base, precision, pre, trt, first, deployment)
+    return written
+
+
+def _precision_files(
+    repo: Path,
+    name: str,
+    precision: str,
+    pre: str,
+    trt: bool,
+    first: bool,
+    deployment: DeploymentOptions,
+) -> list[Path]:
+    """One precision of export `name`: its ONNX model(s), plan model and ensemble."""
     cpu, auto = mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_AUTO
-    for precision in precisions:
-        onnx_model = layout.onnx_model(name, precision)
-        written += _encoder_files(repo, onnx_model, cpu, deployment)
-        if precision == "int8":  # TensorRT's graph: ONNX Runtime on the GPU where there is one
-            int8_trt = layout.onnx_model(name, precision, tensorrt=True)
-            written += _encoder_files(repo, int8_trt, auto, deployment)
-        plan = layout.plan_model(name, precision) if trt else None
-        ensemble = layout.ensemble_model(name, precision, first=precision == precisions[0])
-        written += _ensemble_files(repo, ensemble, pre, onnx_model, plan, deployment=deployment)
+    onnx_model = layout.onnx_model(name, precision)
+    written = _encoder_files(repo, onnx_model, cpu, deployment)
+    if precision == "int8":  # TensorRT's graph: ONNX Runtime on the GPU where there is one
+        int8_trt = layout.onnx_model(name, precision, tensorrt=True)
+        written += _encoder_files(repo, int8_trt, auto, deployment)
+    plan = layout.plan_model(name, precision) if trt else None
+    ensemble = layout.ensemble_model(name, precision, first=first)
+    written += _ensemble_files(repo, ensemble, pre, onnx_model, plan, deployment=deployment)
     return written

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from asen.export import layout
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -33,7 +34,6 @@ from asen import AsenError
 from asen.atomic import atomic_write_bytes, atomic_write_text, file_sha256
 from asen.evaluate import EmbeddedSplit
 from asen.search import SearchIndex
-from asen.export import layout
 
 SEARCH_MODEL = "asen_search"
 INDEX_DIR = "index"
@@ -123,8 +123,9 @@ def check_gallery(
 ) -> float:
     """Embed a few gallery images again with the repository's ONNX graph and compare: a
     gallery embedded by another model is refused with one line. Returns the lowest cosine."""
-    from asen.data.images import load_image
     from asen.export.encoders import OnnxEncoder
+
+    from asen.data.images import load_image
 
     identity = encoder_identity(repo, encoder)
     model = OnnxEncoder(_probe_graph(repo, encoder), "cpu")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from asen import AsenError
 from asen.atomic import atomic_write_text
+from asen.signals import held_stop_signals
 
 PREFIX = ".export-"
 LOCK, JOURNAL, NEW, OLD = ".lock", "switch.json", "new", "old"
@@ -93,21 +94,34 @@ class Staging:
 
     def __init__(self, repo: Path):
         self.repo = Path(repo)
+        self._lock = -1
         try:
             self.path = Path(tempfile.mkdtemp(dir=self.repo, prefix=PREFIX))
-            self._lock = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise AsenError(
                 f"{self.repo}: cannot write to the model repository ({e.strerror})"
             ) from None
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
-        self.new = self.path / NEW
-        self.new.mkdir()
+        try:
+            self._lock = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            self.new = self.path / NEW
+            self.new.mkdir()
+        except BaseException as e:  # also a stop signal (asen/signals.py) arriving here
+            self.close()
+            if isinstance(e, OSError):
+                raise AsenError(
+                    f"{self.repo}: cannot write to the model repository ({e.strerror})"
+                ) from None
+            raise
 
     def switch(self, owned: list[str]) -> list[str]:
         """Replace the repository's folders of `owned` by the staged ones, as one step: the
         staged set comes in, the current folders of `owned` go (also those the new set
         lacks: they belong to the export being replaced). Returns the folders removed."""
+        with held_stop_signals():  # a SIGTERM now acts after the switch, never inside it
+            return self._switch(owned)
+
+    def _switch(self, owned: list[str]) -> list[str]:
         incoming = sorted(p.name for p in self.new.iterdir())
         outgoing = [m for m in owned if (self.repo / m).exists()]
         journal = {"in": incoming, "out": outgoing}
@@ -135,7 +149,9 @@ class Staging:
     def close(self) -> None:
         """Remove the staging folder (and with it the previous folders after a switch)."""
         shutil.rmtree(self.path, ignore_errors=True)
-        os.close(self._lock)
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     def __enter__(self) -> Staging:
         return self

@@ -17,7 +17,9 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+import onnx
 import torch
+from asen.export.release import TRITON_RELEASE
 
 from asen import AsenError
 from asen.atomic import atomic_write_bytes
@@ -27,8 +29,9 @@ WORKSPACE_BYTES = 4 << 30  # builder scratch memory limit
 OPT_BATCH = 32  # the batch tactics are tuned for (the throughput benchmark's batch)
 SUPPORTED_MAJORS = (10, 11)
 INSTALL_HINT = (
-    "install the tensorrt-cu13 pip package on a CUDA 13 machine, or run inside "
-    "NVIDIA's TensorRT or Triton container"
+    f"for plans that load in asen's Triton release {TRITON_RELEASE.tag} install "
+    f"{TRITON_RELEASE.tensorrt_wheel} (its TensorRT {TRITON_RELEASE.tensorrt_version}); "
+    "else the tensorrt-cu13 pip package on a CUDA 13 machine, or NVIDIA's TensorRT container"
 )
 
 
@@ -145,8 +148,10 @@ def build_engine(
     # fp32 tensors stay fp32 (TF32 is a math mode of fp32 layers, not a precision flag)
     config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
+    inputs = {i.name for i in onnx.load(str(onnx_path), load_external_data=False).graph.input}
     for name, (low, opt, high) in profile_shapes(max_batch, info.source_size).items():
-        profile.set_shape(name, low, opt, high)
+        if name in inputs:  # the all-attributes graph has no attribute input
+            profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
     device = current_device()
     cache_path = timing_cache_path(trt.__version__, device)

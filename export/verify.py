@@ -38,6 +38,7 @@ class Tolerance:
 
 
 ONNX_TOLERANCE = Tolerance(0.9999, 1e-4, 0.001)  # the fp32 graph in ONNX Runtime
+ALL_GRAPH_TOLERANCE = Tolerance(0.99999, 1e-4)  # all-attributes vs pair graph, both fp32
 TRT_TOLERANCE = {
     "fp32": Tolerance(0.9999, 1e-3),
     "fp16": Tolerance(0.999),
@@ -183,6 +184,21 @@ def check_parity(reference: Encoder, candidate: Encoder, tol: Tolerance, what: s
     )
     parity = compare(np.concatenate([expected, expected[rows]]), np.concatenate([batched, single]))
     return require(parity, tol, what)
+
+
+def check_all_graph(every: Encoder, pairs: Encoder, what: str = "all-attributes graph") -> Parity:
+    """The all-attributes graph against the pair graph (same precision) on the probe images,
+    every attribute: `every.encode_all(images)[i, a]` against `pairs.encode(image i, a)`."""
+    images, attributes = probe_inputs(pairs.info)
+    count = len(pairs.info.attributes)
+    together = every.encode_all(np.ascontiguousarray(images[::count]))
+    expected = pairs.encode(images, attributes)
+    parity = compare(expected, together.reshape(len(expected), -1))
+    if not parity.within(ALL_GRAPH_TOLERANCE):
+        raise AsenError(
+            f"{what} vs the pair graph: {parity} (needs {ALL_GRAPH_TOLERANCE}); nothing was written"
+        )
+    return parity
 
 
 class DatasetCheck:

@@ -23,21 +23,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from asen.export import layout
+from asen.export.repository import CONFIG, read_config
+
 import asen
 from asen import AsenError
 from asen.atomic import atomic_write_text, file_sha256
-from asen.export import layout
-from asen.export.repository import CONFIG, read_config
 
 MANIFEST = "generated.json"
 Report = Callable[[str], None]
 
 
 def versioned_models(name: str) -> list[str]:
-    """The encoder models of export `name`: the ones whose versions hold an artifact."""
-    models = {layout.onnx_model(name, "int8", tensorrt=True)}
-    for p in layout.PRECISIONS:
-        models |= {layout.onnx_model(name, p), layout.plan_model(name, p)}
+    """The encoder models of export `name` (its all-attributes graphs included): the ones
+    whose versions hold an artifact."""
+    models = set()
+    for base in (name, layout.all_name(name)):
+        models.add(layout.onnx_model(base, "int8", tensorrt=True))
+        for p in layout.PRECISIONS:
+            models |= {layout.onnx_model(base, p), layout.plan_model(base, p)}
     return sorted(models)
 
 

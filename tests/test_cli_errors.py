@@ -224,7 +224,7 @@ def test_error_text_is_not_read_as_markup(tmp_path):
     assert "[/x] [bold]1" in line
 
 
-# ------------------------------------------------------------------ issue 12
+# ------------------------------------------------------------------ bad paths and values
 
 
 def test_output_paths_are_checked_before_the_work(tmp_path):

@@ -78,6 +78,19 @@ def _poison(kind: type | None) -> str:
     return NOWHERE
 
 
+def _extra(name: tuple[str, ...], fuzzed) -> list[str]:
+    """EXTRA's option-value pairs for `name`, less the fuzzed option's own: appended after
+    the fuzzed value, it would replace it (click keeps an option's last value)."""
+    pairs = EXTRA.get(name, [])
+    skip = set(getattr(fuzzed, "opts", ()))
+    return [
+        x
+        for opt, value in zip(pairs[::2], pairs[1::2], strict=True)
+        if opt not in skip
+        for x in (opt, value)
+    ]
+
+
 def _cases(name: tuple[str, ...], command, paths: dict[str, str]) -> Iterator[list[str]]:
     params = [p for p in command.params if p.name != "help" and not getattr(p, "hidden", False)]
     args = [p for p in params if p.param_type_name == "argument"]
@@ -90,7 +103,7 @@ def _cases(name: tuple[str, ...], command, paths: dict[str, str]) -> Iterator[li
                 out += [o.opts[0], value]
             elif o.required:
                 out += [o.opts[0], _poison(_kind(o))]
-        return [*name, *out, *EXTRA.get(name, [])]
+        return [*name, *out, *_extra(name, fuzzed)]
 
     yield line()
     for param in [*args, *options]:
@@ -160,6 +173,23 @@ def test_the_app_has_commands_and_options() -> None:
     assert {("train",), ("eval",), ("embed",), ("serve",), ("data", "synth")} <= set(COMMANDS)
     eval_options = {o for p in COMMANDS[("eval",)].params for o in getattr(p, "opts", [])}
     assert {"--batch-size", "--workers", "--json", "--data"} <= eval_options
+
+
+def test_a_fuzzed_value_is_the_one_the_command_gets(paths) -> None:
+    """No fixed extra option comes after a fuzzed one and replaces it: the fuzzed value is
+    its option's last occurrence (`asen app --max-upload-mb nan` is really tried)."""
+    cases = 0
+    for name, command in COMMANDS.items():
+        options = [p for p in command.params if p.param_type_name == "option" and not p.is_flag]
+        for case in _cases(name, command, paths):
+            for o in options:
+                flags = [i for i, word in enumerate(case) if word in o.opts]
+                if len(flags) > 1:
+                    raise AssertionError(f"{o.opts[0]} given twice: {case}")
+                cases += 1
+    assert cases > 100
+    app_cases = list(_cases(("app",), COMMANDS[("app",)], paths))
+    assert ["--max-upload-mb", "nan"] in [c[i : i + 2] for c in app_cases for i in range(len(c))]
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS), ids=" ".join)

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 import asen.train as train_module
 from asen.checkpoint import load_checkpoint
-from asen.training.stopping import StopRequest
 from asen.cli import app
+from asen.training.stopping import StopRequest
 
 runner = CliRunner()
 SMALL = [

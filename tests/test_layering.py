@@ -46,6 +46,16 @@ def test_the_library_imports_neither_export_nor_client() -> None:
     assert offending == []
 
 
+def test_export_does_not_import_client() -> None:
+    offending = [
+        f"{path.relative_to(ROOT)}:{line}: {module}"
+        for path in _sources("export")
+        for line, module in _imported_modules(ast.parse(path.read_text(), str(path)))
+        if module.split(".")[:2] == ["asen", "client"]
+    ]
+    assert offending == []
+
+
 def test_the_check_sees_function_local_imports() -> None:
     source = "def f():\n    from asen.export.onnx import OPSET\n    import asen.client.triton\n"
     tree = ast.parse(source)

@@ -113,18 +113,39 @@ def print_map_table(results: list) -> None:
     console.print(table)
 
 
+def _store_address(store: str | None):
+    """`--store` checked before the split is embedded."""
+    from asen.catalog.store import parse_store
+
+    return parse_store(store) if store else None
+
+
 @with_options(**EMBED_GROUPS)
-def eval_(model: ModelArg, json_out: JsonOut = None, **groups: Any) -> None:
+def eval_(
+    model: ModelArg,
+    json_out: JsonOut = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="Rank in this catalog store (a .db path or http(s)://host:port)."),
+    ] = None,
+    **groups: Any,
+) -> None:
     """Per-attribute and overall mAP (the paper's protocol) through any backend."""
     from asen.atomic import atomic_write_text
     from asen.evaluate import score
 
+    address = _store_address(store)
     done = embed_split(model, **groups)
     if done is None:
         return
     dataset, embedded = done
     backend, split = groups["encoder"].backend.value, groups["split"].split
-    result = score(embedded, dataset.names, backend=backend, split=split)
+    if address is None:
+        result = score(embedded, dataset.names, backend=backend, split=split)
+    else:  # the store ranks (an exact collection): the same mAP to 1e-6
+        from asen.catalog.store_map import store_map
+
+        result = store_map(embedded, dataset.names, address, backend=backend, split=split)
     print_map_table([result])
     if result.skipped:
         console.print(

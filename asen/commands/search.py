@@ -72,6 +72,13 @@ def index(
     encoder: Annotated[
         str, typer.Option(help="With --repo: the encoder model asen_search calls.")
     ] = "asen_onnx",
+    reload: Annotated[
+        str | None,
+        typer.Option(
+            help="With --repo: then ask the Triton server at this URL (`asen serve "
+            "--model-control explicit`) to load the new gallery version."
+        ),
+    ] = None,
 ) -> None:
     """Build one FAISS inner-product index per attribute from an embeddings file."""
     from asen.search import SearchIndex, load_embeddings
@@ -79,6 +86,8 @@ def index(
     publish = EXTENSIONS.publish_index
     if repo is not None and publish is None:
         raise AsenError("--repo needs asen's export layer (asen.export), which is not installed")
+    if reload is not None and repo is None:
+        raise AsenError("--reload needs --repo (the model repository the server serves)")
     with console.status(escape(f"indexing {gallery}")):
         embedded, names = load_embeddings(gallery)
         built = SearchIndex.build(
@@ -94,7 +103,13 @@ def index(
         publish_step = None
         if repo is not None:
             publish_step = publish(
-                built, embedded, data_root=data, repo=repo, encoder=encoder, source=str(gallery)
+                built,
+                embedded,
+                data_root=data,
+                repo=repo,
+                encoder=encoder,
+                source=str(gallery),
+                **({"reload": reload} if reload is not None else {}),
             )
         built.save(out)
     counts = ", ".join(f"{n} {c}" for n, c in zip(names, built.manifest["counts"], strict=True))

@@ -11,6 +11,16 @@ from torch.utils.data import DataLoader, Dataset
 from asen import AsenError
 from asen.data.cache import DecodedImages
 from asen.data.images import BadImageError, load_image
+from asen.signals import held_stop_signals, ignore_stop_signals
+
+
+def _pools(values: np.ndarray) -> list[np.ndarray]:
+    """The ascending image ids of each value present in `values` (-1: unlabelled), by
+    ascending value: memory and time in the number of images, whatever the values are."""
+    labelled = np.flatnonzero(values >= 0)
+    order = labelled[np.argsort(values[labelled], kind="stable")]
+    _, starts = np.unique(values[order], return_index=True)
+    return np.split(order, starts[1:]) if len(order) else []
 
 
 class TripletSampler:
@@ -22,12 +32,8 @@ class TripletSampler:
 
     def __init__(self, labels: np.ndarray, seed: int = 0):
         self.seed = seed
-        self.pools: list[list[np.ndarray]] = []  # per attribute: image ids per value
-        for a in range(labels.shape[1]):
-            values = labels[:, a]
-            self.pools.append(
-                [np.flatnonzero(values == v) for v in range(max(values.max() + 1, 0))]
-            )
+        # per attribute: the image ids of each value that has images, by ascending value
+        self.pools: list[list[np.ndarray]] = [_pools(labels[:, a]) for a in range(labels.shape[1])]
         self.usable = [
             a
             for a, pool in enumerate(self.pools)
@@ -106,7 +112,9 @@ class EntryImages(Dataset):
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
-    """An ordered loader that decodes in `workers` processes."""
+    """An ordered loader that decodes in `workers` processes. The workers ignore SIGTERM,
+    SIGINT and SIGHUP (a signal to the process group reaches them too): the main process
+    decides, and `batches` stops them."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -114,13 +122,23 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
         num_workers=workers,
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=ignore_stop_signals if workers else None,
     )
 
 
 def batches(loader: DataLoader):
-    """Iterate a loader; an error raised in a worker comes back as its own one-line message."""
+    """Iterate a loader; an error raised in a worker comes back as its own one-line message.
+    The workers start with the stop signals held (asen/signals.py), and when the iteration
+    ends, however it ends (the last batch, a stop, an error, `close()`), they are stopped
+    and joined here before the caller goes on."""
+    with held_stop_signals():
+        iterator = iter(loader)
     try:
-        yield from loader
+        yield from iterator
     except BadImageError as e:
         last = str(e).strip().splitlines()[-1]
         raise BadImageError(last.split("BadImageError: ", 1)[-1]) from None
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's own orderly stop
+        if shutdown is not None:
+            shutdown()

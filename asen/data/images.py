@@ -9,6 +9,7 @@ only, so a tiny file of extreme aspect (say 40000 x 1) costs kilobytes, not giga
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,10 +23,17 @@ from asen import AsenError
 MAX_PIXELS = 64 * 1024 * 1024  # decoded pixels an image may have (a 67-megapixel photo)
 FULL_RESIZE_ASPECT = 16  # up to this aspect ratio the whole image is resized, then cropped
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>")  # Pillow names the BytesIO
 
 
 class BadImageError(AsenError):
     """An image that cannot be decoded; the message names the file."""
+
+
+def _reason(error: Exception) -> str:
+    """Pillow's message without the repr of the stream it read (`<_io.BytesIO object at
+    0x...>`: an address, no use to the reader)."""
+    return _OBJECT_REPR.sub("", str(error)).strip() or type(error).__name__
 
 
 def _too_large(name: str, size: tuple[int, int] | None = None) -> BadImageError:
@@ -52,7 +60,7 @@ def open_image(source: str | Path | bytes) -> Iterator[Image.Image]:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise _too_large(name) from e
         except DECODE_ERRORS as e:
-            raise BadImageError(f"{name}: cannot decode image ({e})") from e
+            raise BadImageError(f"{name}: cannot decode image ({_reason(e)})") from e
         with img:
             if img.width * img.height > MAX_PIXELS:
                 raise _too_large(name, img.size)
@@ -87,5 +95,5 @@ def load_image(source: str | Path | bytes, size: int) -> np.ndarray:
                 img = img.convert("RGB")
             arr = np.asarray(centre_square(img, size), dtype=np.uint8)
         except DECODE_ERRORS as e:
-            raise BadImageError(f"{name}: cannot decode image ({e})") from e
+            raise BadImageError(f"{name}: cannot decode image ({_reason(e)})") from e
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

@@ -16,11 +16,14 @@ import numpy as np
 
 from asen import AsenError
 from asen.config import (
+    MAX_ATTRIBUTE_VALUES,
+    MAX_ATTRIBUTES,
     AttributeSpec,
     attributes_from_dicts,
     check_attributes,
     read_yaml_mapping,
 )
+from asen.parse import short_repr, whole_number
 
 EVAL_SPLITS = ("valid", "test")
 OUTSIDE_ROOT_KEY = "allow_paths_outside_root"  # dataset.yaml: opt in to absolute and ../ paths
@@ -63,9 +66,10 @@ class SplitDataset:
         """Index of an attribute by name (or by its number); a clear error lists the valid names."""
         if name in self.names:
             return self.names.index(name)
-        if name.isdigit() and int(name) < len(self.names):
-            return int(name)
-        raise AsenError(f"unknown attribute '{name}'; valid: {', '.join(self.names)}")
+        number = whole_number(name)
+        if number is not None and number < len(self.names):
+            return number
+        raise AsenError(f"unknown attribute {short_repr(name)}; valid: {', '.join(self.names)}")
 
     def files(self, split: str) -> list[Path]:
         if split not in self._files:
@@ -154,7 +158,7 @@ def _read_ints(path: Path) -> Iterator[tuple[int, list[int]]]:
         try:
             yield lineno, [int(tok) for tok in line.split()]
         except ValueError:
-            raise SplitError(f"{path}:{lineno}: not an integer: {line!r}") from None
+            raise SplitError(f"{path}:{lineno}: not an integer: {short_repr(line)}") from None
 
 
 def _check_id(path: Path, lineno: int, image_id: int, n: int) -> None:
@@ -205,6 +209,11 @@ def _infer_attributes(root: Path) -> list[AttributeSpec]:
             for attr, value in pairs:
                 if attr < 0 or value < 0:
                     raise SplitError(f"{path}:{lineno}: negative attribute or value")
+                if attr >= MAX_ATTRIBUTES or value >= MAX_ATTRIBUTE_VALUES:
+                    raise SplitError(
+                        f"{path}:{lineno}: attribute {attr} value {value} out of range (at most "
+                        f"{MAX_ATTRIBUTES} attributes of {MAX_ATTRIBUTE_VALUES:,} values each)"
+                    )
                 counts[attr] = max(counts.get(attr, 0), value + 1)
     if not counts:
         raise SplitError(f"{root}: no label files to infer attributes from")

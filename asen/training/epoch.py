@@ -3,8 +3,10 @@ and validation."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 
 from asen import distributed
@@ -15,6 +17,15 @@ from asen.evaluate import EvalResult, evaluate
 from asen.training.setup import TrainingData
 from asen.training.step import StepSetup, train_step
 from asen.training.stopping import StopRequest
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite (on any rank) at `step` of the epoch: the weights
+    are no longer worth saving."""
+
+    def __init__(self, step: int):
+        super().__init__(f"the loss is not finite at step {step}")
+        self.step = step
 
 
 @dataclass
@@ -80,24 +91,27 @@ def train_epoch(
     rank under torchrun)."""
     tally = EpochTally(start_step=start_step, step=start_step)
     began = waited = time.monotonic()
-    for images, attrs, ok in batches(loader):
-        tally.data_wait_s += time.monotonic() - waited
-        tally.skipped += int((~ok).sum())
-        images, attrs = images[ok], attrs[ok]
-        tally.step += 1
-        if _runs_step(len(attrs), skip_bad):
-            for k, v in train_step(setup, images, attrs).items():
-                tally.sums[k] = tally.sums.get(k, 0.0) + v
-            tally.steps += 1
-            tally.seen += len(attrs)
-        if on_step:
-            rate = tally.seen / max(time.monotonic() - began, 1e-9)
-            loss = tally.sums.get("loss", 0.0) / max(tally.steps, 1)
-            on_step({"step": tally.step, "loss": loss, "triplets_per_s": rate})
-        waited = time.monotonic()
-        if stop.should_stop():
-            tally.stopped = True
-            break
+    with closing(batches(loader)) as stream:  # a stop ends the workers before validation
+        for images, attrs, ok in stream:
+            tally.data_wait_s += time.monotonic() - waited
+            tally.skipped += int((~ok).sum())
+            images, attrs = images[ok], attrs[ok]
+            tally.step += 1
+            if _runs_step(len(attrs), skip_bad):
+                for k, v in train_step(setup, images, attrs).items():
+                    tally.sums[k] = tally.sums.get(k, 0.0) + v
+                tally.steps += 1
+                tally.seen += len(attrs)
+            if distributed.any_rank(not math.isfinite(tally.sums.get("loss", 0.0))):
+                raise Diverged(tally.step)
+            if on_step:
+                rate = tally.seen / max(time.monotonic() - began, 1e-9)
+                loss = tally.sums.get("loss", 0.0) / max(tally.steps, 1)
+                on_step({"step": tally.step, "loss": loss, "triplets_per_s": rate})
+            waited = time.monotonic()
+            if stop.should_stop():
+                tally.stopped = True
+                break
     tally.seconds = time.monotonic() - began
     return tally
 

@@ -19,6 +19,8 @@ import os
 import signal
 from collections import Counter
 
+from asen.parse import whole_number
+
 ENV = "ASEN_TEST_FAULT"
 POINTS = ("step", "best", "last", "saved", "metrics")
 ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
@@ -29,7 +31,7 @@ def parse(spec: str) -> tuple[str, str, int]:
     """`kill@last#2` -> ("kill", "last", 2)."""
     action, _, rest = spec.partition("@")
     point, _, count = rest.partition("#")
-    if action not in ACTIONS or point not in POINTS or not (count or "1").isdigit():
+    if action not in ACTIONS or point not in POINTS or whole_number(count or "1") is None:
         raise ValueError(
             f"{ENV}={spec}: expected ACTION@POINT[#N] with ACTION in {sorted(ACTIONS)} "
             f"and POINT in {list(POINTS)}"

@@ -1,5 +1,5 @@
-"""When to stop early: a time budget, or SIGTERM / SIGINT. Either way the current step
-finishes, the model is validated and saved (a partial epoch), and training ends."""
+"""When to stop early: a time budget, or SIGTERM / SIGINT / SIGHUP. Either way the current
+step finishes, the model is validated and saved (a partial epoch), and training ends."""
 
 from __future__ import annotations
 
@@ -10,17 +10,21 @@ import time
 from types import FrameType, TracebackType
 
 from asen import distributed
+from asen.signals import STOP_SIGNALS
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = STOP_SIGNALS
 
 
 class StopRequest:
-    """Context manager: while active, the first SIGTERM or SIGINT asks for a clean stop (a
-    second one acts as usual: SIGINT raises KeyboardInterrupt, SIGTERM ends the process).
+    """Context manager: while active, the first SIGTERM, SIGINT or SIGHUP asks for a clean
+    stop; a second one gets the handlers from before (SIGINT raises KeyboardInterrupt;
+    under `asen`, SIGTERM and SIGHUP raise asen.signals.Stopped: stop at once, exit 128 +
+    the signal).
 
-    Handlers are installed only from the main thread. DataLoader workers forked meanwhile
-    inherit them and ignore the signal (a Ctrl-C reaches the whole process group), so the
-    main process finishes its step with its workers alive."""
+    Handlers are installed only from the main thread. DataLoader workers ignore the stop
+    signals (asen/data/datasets.py, `make_loader`): a signal to the process group (Ctrl-C,
+    `timeout`, Slurm, systemd) reaches them too, and the main process finishes its step
+    with its workers alive, then stops them itself."""
 
     def __init__(self, time_budget_min: float | None = None):
         self.budget_s = None if time_budget_min is None else time_budget_min * 60

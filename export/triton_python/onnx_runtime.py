@@ -46,6 +46,8 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(str(path), opts, providers=_providers(args))
 
     def _check(self, feeds: dict[str, np.ndarray]) -> str | None:
+        if ATTRIBUTE not in feeds:  # the all-attributes graph takes images only
+            return None
         ids = feeds[ATTRIBUTE].reshape(-1)
         bad = ids[(ids < 0) | (ids >= len(self.names))]
         if len(bad):

@@ -34,7 +34,7 @@ class TritonPythonModel:
         for i, blob in enumerate(blobs):
             try:
                 images.append(load_image(bytes(blob), self.size))
-            except BadImageError as e:
+            except BadImageError as e:  # the reason only: load_image names no stream or path
                 reason = str(e).removeprefix("<bytes>: ")
                 return pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(  # the caller's mistake, not a server fault

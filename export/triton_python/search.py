@@ -20,10 +20,11 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 try:
+    from asen.export.search_model import INDEX_DIR, encoder_identity, encoder_mismatch
+
     from asen import AsenError
     from asen.data.images import BadImageError, load_image
     from asen.search import SearchIndex, attribute_id
-    from asen.export.search_model import INDEX_DIR, encoder_identity, encoder_mismatch
 except ImportError as e:
     raise ImportError(
         f"{e}: the Python backend's interpreter ({sys.executable}) cannot import asen; "
@@ -158,6 +159,8 @@ class TritonPythonModel:
                 queries.append(self._parse(slot, request))
             except BadQuery as e:
                 responses[slot] = _error(str(e))
+            except Exception as e:  # noqa: BLE001 - a fault in one query fails it alone
+                responses[slot] = _error(f"cannot read the query ({type(e).__name__})", False)
         if queries:
             try:
                 embeddings = self._embed(queries)

@@ -151,7 +151,7 @@ def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-# ------------------------------------------------------------------ issue 12: damaged files
+# ------------------------------------------------------------------ damaged files
 
 
 @pytest.mark.parametrize("key", ["config", "attributes", "model", "stage"])

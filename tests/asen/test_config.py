@@ -1,4 +1,4 @@
-"""Config composition, overrides and the errors a user sees (issue 2, item 3)."""
+"""Config composition, overrides and the errors a user sees."""
 
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def test_unknown_packaged_name_lists_packaged_configs():
 
 # ------------------------------------------------------------------ packaged datasets
 
-# the published attribute lists of the three benchmarks (README.md, "Configs")
+# the published attribute lists of the three benchmarks (docs/data.md, "Configs")
 FASHIONAI = [
     ("skirt_length", 6),
     ("sleeve_length", 9),
@@ -272,7 +272,7 @@ def test_config_from_dict_partial_and_unknown():
         config_from_dict({"train": {"bogus": 1}})
 
 
-# ------------------------------------------------------------------ issue 12: value ranges
+# ------------------------------------------------------------------ value ranges
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from asen import AsenError
+from asen.cli import app
 from asen.evaluate import EmbeddedSplit
 from asen.search import SearchIndex, attribute_id, load_embeddings
-from asen.cli import app
 
 runner = CliRunner()
 SMALL = ["-c", "small", "--set", "train.triplets_per_epoch=8", "--set", "train.batch_size=4"]
@@ -241,7 +241,7 @@ def test_page_without_a_torch_model_says_so(world, tmp_path) -> None:
     ]
 
 
-# ------------------------------------------------------------------ issue 12: damaged indexes
+# ------------------------------------------------------------------ damaged indexes
 
 
 @pytest.mark.parametrize(

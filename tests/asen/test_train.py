@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from asen import AsenError
+from asen.cli import app
 from asen.config import load_config
 from asen.losses import step_losses
 from asen.model.asen import ASENPP
@@ -31,7 +32,6 @@ from asen.training.step import (
     train_step,
 )
 from asen.training.stopping import StopRequest
-from asen.cli import app
 
 CPU = torch.device("cpu")
 

@@ -15,13 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from asen.checkpoint import load_checkpoint
-from asen.training.faults import ENV
 from asen.cli import app
+from asen.training.faults import ENV
 
 TINY = [
     *("-c", "small", "--workers", "0"),
@@ -34,8 +35,12 @@ _ctx = multiprocessing.get_context("forkserver")
 _ctx.set_forkserver_preload(["asen.cli", "asen.train"])
 
 
-def _child(args: list[str], fault: str | None, log: str) -> None:
-    """A training process: `asen ARGS` with the fault hook set."""
+def _child(args: list[str], fault: str | None, log: str, session: bool = False) -> None:
+    """A training process: `asen ARGS` with the fault hook set (in a process group of its
+    own with `session`, as a shell job or a Slurm step is)."""
+    multiprocessing.set_start_method("fork", force=True)  # DataLoader workers as in `asen`
+    if session:
+        os.setsid()
     if fault:
         os.environ[ENV] = fault
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -49,8 +54,10 @@ def _child(args: list[str], fault: str | None, log: str) -> None:
         sys.exit(e.code)
 
 
-def _start(args: list, fault: str | None, log: Path) -> multiprocessing.Process:
-    proc = _ctx.Process(target=_child, args=([str(a) for a in args], fault, str(log)))
+def _start(
+    args: list, fault: str | None, log: Path, session: bool = False
+) -> multiprocessing.Process:
+    proc = _ctx.Process(target=_child, args=([str(a) for a in args], fault, str(log), session))
     proc.start()
     return proc
 
@@ -185,3 +192,66 @@ def test_second_run_refused_and_sigterm_saves(data: Path, tmp_path: Path) -> Non
     assert [(r["epoch"], r["partial"]) for r in _records(run)] == [(1, False), (2, True)]
     assert _train([*args, "--resume"], log) == 0, log.read_text()
     assert [(r["epoch"], r["partial"]) for r in _records(run)][-2:] == [(2, False), (3, False)]
+
+
+# ------------------------------------------------- a stop signal to the whole process group
+
+
+@pytest.fixture(scope="module")
+def reference(data: Path, tmp_path_factory) -> Path:
+    """An uninterrupted 3-epoch run (2 steps an epoch)."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    log = run.with_name("log.txt")
+    args = ["train", "--data", data, *TINY, "--epochs", 3, "--out", run]
+    assert _train(args, log) == 0, log.read_text()
+    return run
+
+
+def _assert_same_model(run: Path, reference: Path) -> None:
+    """The run ends where the uninterrupted one does: position, weights, schedule, and the
+    last validation (records differ by the partial epoch's own record)."""
+    a, b = load_checkpoint(reference / "last.pt"), load_checkpoint(run / "last.pt")
+    assert (b["epoch"], b["step"]) == (a["epoch"], a["step"])
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, msg=key)
+    assert a["scheduler"] == b["scheduler"]
+    assert _records(run)[-1]["val_map"] == pytest.approx(_records(reference)[-1]["val_map"])
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
+def test_group_signal_saves_the_partial_epoch_and_resume_ends_as_uninterrupted(
+    data: Path, tmp_path: Path, reference: Path, sig: signal.Signals
+) -> None:
+    """`timeout`, Slurm and systemd signal the whole process group, DataLoader workers
+    included. The workers ignore it; the main process finishes its step, validates, saves
+    the partial epoch (metrics.jsonl record and last.pt), stops its workers and exits 0
+    (130 for SIGINT) without a traceback. --resume then ends where an uninterrupted run
+    ends."""
+    log, run = tmp_path / "log.txt", tmp_path / "run"
+    args = ["train", "--data", data, *TINY, "--workers", 2, "--epochs", 3, "--out", run]
+    proc = _start(args, "stop@step#3", log, session=True)
+    try:
+        _wait_stopped(proc, log)  # paused inside epoch 2's first step, its workers running
+        children = psutil.Process(proc.pid).children(recursive=True)
+        workers = [c for c in children if c.name() == "pt_data_worker"]
+        assert len(workers) == 2, children
+        os.killpg(proc.pid, sig)
+        os.killpg(proc.pid, signal.SIGCONT)
+        proc.join(60)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+    text = log.read_text()
+    assert proc.exitcode == (130 if sig == signal.SIGINT else 0), text
+    assert "Traceback" not in text and "killed by signal" not in text, text
+    assert f"stopped by {sig.name}" in text
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, alive  # the main process stopped its workers before it ended
+    ckpt = load_checkpoint(run / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 1)
+    assert [(r["epoch"], r["partial"]) for r in _records(run)] == [(1, False), (2, True)]
+    assert _train([*args, "--resume"], log) == 0, log.read_text()
+    assert [(r["epoch"], r["partial"]) for r in _records(run)][-2:] == [(2, False), (3, False)]
+    _assert_same_model(run, reference)

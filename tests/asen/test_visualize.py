@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from asen import AsenError
 from asen.checkpoint import atomic_save, load_model, make_checkpoint
+from asen.cli import app
 from asen.config import AttributeSpec, load_config
 from asen.data.synthetic import render
 from asen.model.asen import ASENPP
@@ -27,7 +28,6 @@ from asen.visualize import (
     plot_training,
     write_search_page,
 )
-from asen.cli import app
 
 runner = CliRunner()
 ATTRS = [AttributeSpec("collar", 3), AttributeSpec("sleeve", 4), AttributeSpec("hem", 2)]

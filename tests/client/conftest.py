@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from asen.client.server import ServerHandle, free_ports, start_server
+from asen.export.build import export_model
 
 from asen.checkpoint import atomic_save, make_checkpoint
 from asen.config import AttributeSpec, load_config
 from asen.data.synthetic import DEFAULT_ATTRIBUTES, generate
 from asen.model.asen import ASENPP
-from asen.client.server import ServerHandle, free_ports, start_server
-from asen.export.build import export_model
 
 ATTRIBUTES = [AttributeSpec(n, v) for n, v in DEFAULT_ATTRIBUTES.items()]
 MAX_BATCH = 8  # small, so that a gallery is split into several requests

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from asen.client.server import free_ports, start_server
 from typer.testing import CliRunner
 
 from asen.cli import app
-from asen.client.server import free_ports, start_server
 
 runner = CliRunner()
 

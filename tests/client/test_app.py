@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from asen.client.app import Settings, create_app
+from asen.client.server import free_port
 from markupsafe import escape
 from starlette.testclient import TestClient
 
-from asen.client.app import Settings, create_app
-from asen.client.server import free_port
 from tests.client.search_world import serving_search_repo
 
 CHROMIUM = shutil.which("chromium")

@@ -7,13 +7,13 @@ import shutil
 
 import onnx
 import pytest
+from asen.client.server import build_view, plan_models
+from asen.export.layout import artifact_path, read_sidecar, write_sidecar
+from asen.export.repository import write_repository
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from asen.encoders import ModelInfo
-from asen.client.server import build_view, plan_models
-from asen.export.layout import artifact_path, read_sidecar, write_sidecar
-from asen.export.repository import write_repository
 
 TRITON_TYPE = {"UINT8": "TYPE_UINT8", "INT64": "TYPE_INT64", "FLOAT": "TYPE_FP32"}
 PYTRITON = {"python", "ensemble"}  # the backends of the server in the nvidia-pytriton wheel

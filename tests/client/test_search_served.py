@@ -11,15 +11,15 @@ import shutil
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from asen.client.search import ServedSearch
+from asen.client.server import free_port, free_ports, start_server
+from asen.export.encoders import OnnxEncoder
+from asen.export.search_model import INDEX_DIR, SEARCH_MODEL
 from tritonclient.utils import InferenceServerException
 
 from asen import AsenError
 from asen.data.splits import open_dataset
 from asen.search import SearchIndex, query
-from asen.client.search import ServedSearch
-from asen.client.server import free_port, free_ports, start_server
-from asen.export.encoders import OnnxEncoder
-from asen.export.search_model import INDEX_DIR, SEARCH_MODEL
 from tests.client.search_world import invoke, serving_search_repo
 
 

@@ -12,22 +12,22 @@ import subprocess
 import time
 from pathlib import Path
 
+import asen.client.server
 import numpy as np
 import pytest
 import tritonclient.grpc
 import tritonclient.http
+from asen.client.server import launch, start_server
+from asen.client.triton import TritonEncoder
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
-import asen.client.server
 from asen import AsenError
+from asen.cli import app
 from asen.config import load_config
 from asen.data.splits import open_dataset
 from asen.evaluate import embed_split
-from asen.cli import app
-from asen.client.server import launch, start_server
-from asen.client.triton import TritonEncoder
 from tests.client.serve_process import serve_process
 from tests.processes import children
 

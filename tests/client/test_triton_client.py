@@ -5,26 +5,32 @@ from __future__ import annotations
 
 import io
 import shutil
+import threading
+import time
+from http import HTTPStatus
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from PIL import Image
-from tritonclient.utils import InferenceServerException
-from typer.testing import CliRunner
-
-from asen import AsenError
-from asen.data.images import BadImageError, load_image
-from asen.data.splits import open_dataset
-from asen.encoders import TorchEncoder
-from asen.evaluate import evaluate
-from asen.cli import app
+import tritonclient.http as httpclient
+from asen.client.connection import status_code
 from asen.client.server import free_port, start_server
 from asen.client.triton import TritonEncoder
 from asen.export.encoders import OnnxEncoder
 from asen.export.layout import artifact_path
 from asen.export.onnx import physical_cores
 from asen.export.repository import read_config, write_config
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+from typer.testing import CliRunner
+
+from asen import AsenError
+from asen.cli import app
+from asen.data.images import BadImageError, load_image
+from asen.data.splits import open_dataset
+from asen.encoders import TorchEncoder
+from asen.evaluate import evaluate
 from tests.processes import children
 
 runner = CliRunner()
@@ -224,3 +230,91 @@ def test_instances_and_threads_from_the_config(server, repo, onnx_encoder, tmp_p
         with TritonEncoder(handle.grpc_url) as enc:
             got = enc.encode(images, attributes)
     np.testing.assert_allclose(got, onnx_encoder.encode(images, attributes), atol=1e-5)
+
+
+def float_request(module, source_size: int) -> list:
+    """A request the encoder refuses on the server: FP32 images where it takes UINT8."""
+    images = np.zeros((1, 3, source_size, source_size), np.float32)
+    inputs = [
+        module.InferInput("image", list(images.shape), "FP32"),
+        module.InferInput("attribute", [1, 1], "INT64"),
+    ]
+    inputs[0].set_data_from_numpy(images)
+    inputs[1].set_data_from_numpy(np.zeros((1, 1), np.int64))
+    return inputs
+
+
+def test_status_codes_are_typed(server, onnx_encoder) -> None:
+    """The real server's refusal as gRPC's INVALID_ARGUMENT and HTTP's 400, and a port with
+    no server as gRPC's UNAVAILABLE: typed codes from tritonclient's text statuses."""
+    wanted = {"grpc": grpc.StatusCode.INVALID_ARGUMENT, "http": HTTPStatus.BAD_REQUEST}
+    for module, url, protocol in (
+        (grpcclient, server.grpc_url, "grpc"),
+        (httpclient, server.http_url, "http"),
+    ):
+        client = module.InferenceServerClient(url)
+        try:
+            with pytest.raises(InferenceServerException, match="expects 'UINT8'") as caught:
+                client.infer("asen_onnx", float_request(module, onnx_encoder.info.source_size))
+        finally:
+            client.close()
+        assert status_code(caught.value) == wanted[protocol]
+    nobody = grpcclient.InferenceServerClient(f"127.0.0.1:{free_port()}")
+    with pytest.raises(InferenceServerException) as caught:
+        nobody.is_server_live()
+    assert status_code(caught.value) is grpc.StatusCode.UNAVAILABLE
+    assert status_code(InferenceServerException("raised by a client")) is None
+
+
+def test_retries_only_what_is_transient(server, onnx_encoder) -> None:
+    """UNAVAILABLE (no server at the port) is tried retries + 1 times; the server's
+    INVALID_ARGUMENT once, and it is raised as it came."""
+    with TritonEncoder(server.grpc_url, retries=2) as enc:
+        calls = []
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        request = float_request(grpcclient, onnx_encoder.info.source_size)
+
+        def refused_by_the_model():
+            calls.append("model")
+            return client.infer("asen_onnx", request)
+
+        with pytest.raises(InferenceServerException, match="expects 'UINT8'"):
+            enc._retrying(refused_by_the_model)
+        assert calls == ["model"]
+        nobody = grpcclient.InferenceServerClient(f"127.0.0.1:{free_port()}")
+
+        def unavailable():
+            calls.append("nobody")
+            return nobody.is_server_live()
+
+        with pytest.raises(AsenError, match="unreachable after 3 tries"):
+            enc._retrying(unavailable)
+        assert calls == ["model", "nobody", "nobody", "nobody"]
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_client_started_first_waits_for_the_server(repo, ports, tmp_path, protocol) -> None:
+    """A TritonEncoder opened before the server listens retries with backoff until it is
+    up, then serves (gRPC: UNAVAILABLE; HTTP: refused connections)."""
+    port = ports["grpc_port" if protocol == "grpc" else "http_port"]
+    opened: list = []
+
+    def open_early() -> None:
+        try:
+            opened.append(TritonEncoder(f"127.0.0.1:{port}", protocol=protocol, retries=9))
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            opened.append(error)
+
+    early = threading.Thread(target=open_early)
+    started = time.monotonic()
+    early.start()
+    with start_server(repo, log_file=tmp_path / "log", **ports):
+        up = time.monotonic() - started
+        early.join(timeout=120)
+        (encoder,) = opened
+        assert isinstance(encoder, TritonEncoder), encoder
+        with encoder:
+            images, attributes = batch(2, encoder.info.source_size)
+            assert encoder.encode(images, attributes).shape == (2, encoder.info.dim)
+    assert up > 1.0  # the client's first tries met no server

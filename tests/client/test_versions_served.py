@@ -8,13 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from asen import AsenError
-from asen.checkpoint import atomic_save, make_checkpoint
-from asen.config import load_config
-from asen.model.asen import ASENPP
-from asen.cli import app
 from asen.client.server import free_port, has_gpu
 from asen.client.triton import TritonEncoder
 from asen.export.build import export_model
@@ -22,6 +15,13 @@ from asen.export.deployment import DeploymentOptions
 from asen.export.encoders import OnnxEncoder
 from asen.export.repository import write_repository
 from asen.export.versions import VersionRequest
+from typer.testing import CliRunner
+
+from asen import AsenError
+from asen.checkpoint import atomic_save, make_checkpoint
+from asen.cli import app
+from asen.config import load_config
+from asen.model.asen import ASENPP
 from tests.client.conftest import ATTRIBUTES
 from tests.client.serve_process import serve_process
 

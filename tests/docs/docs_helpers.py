@@ -12,8 +12,6 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
-TOUR_START = "<!-- --8<-- [start:tour] -->"
-TOUR_END = "<!-- --8<-- [end:tour] -->"
 
 
 def load_hook(name: str) -> ModuleType:
@@ -38,10 +36,16 @@ def build_site(project: Path, site: Path) -> subprocess.CompletedProcess:
     )
 
 
+def readme_block(readme: str, name: str) -> str:
+    """The bash block between the README's `[start:name]` and `[end:name]` markers."""
+    start_marker, end_marker = f"<!-- --8<-- [start:{name}] -->", f"<!-- --8<-- [end:{name}] -->"
+    start, end = readme.index(start_marker), readme.index(end_marker)
+    block = readme[start + len(start_marker) : end].strip()
+    if not (block.startswith("```bash\n") and block.endswith("```")):
+        raise ValueError(f"the README's {name} is not one ```bash block between its markers")
+    return block[len("```bash\n") : -len("```")]
+
+
 def tour_script(readme: str) -> str:
     """The bash block between the README's tour markers."""
-    start, end = readme.index(TOUR_START), readme.index(TOUR_END)
-    block = readme[start + len(TOUR_START) : end].strip()
-    if not (block.startswith("```bash\n") and block.endswith("```")):
-        raise ValueError("the README's tour is not one ```bash block between its markers")
-    return block[len("```bash\n") : -len("```")]
+    return readme_block(readme, "tour")

@@ -1,8 +1,9 @@
-"""The README's tour, run as written: the ten commands between its tour markers, in an
-empty folder, with BUDGET=1 (a minute a training stage) and free ports. It runs the real
-thing end to end: synthetic data, both training stages, evaluation, ONNX export, embedding,
-FAISS indexing with the served search model, a local search, the bundled tritonserver
-and a search through it. Every process it starts is stopped at the end."""
+"""The README's tour, run as written: the ten commands between its tour markers and then
+the catalog block (embed, load into Milvus Lite, search), in an empty folder, with BUDGET=1
+(a minute a training stage) and free ports. It runs the real thing end to end: synthetic
+data, both training stages, evaluation, ONNX export, embedding, FAISS indexing with the
+served search model, a local search, the bundled tritonserver, a search through it, and a
+catalog in Milvus Lite. Every process it starts is stopped at the end."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import psutil
 from asen.client.server import free_ports
 
-from tests.docs.docs_helpers import README, tour_script
+from tests.docs.docs_helpers import README, readme_block, tour_script
 
 TOUR_TIMEOUT_S = 1200  # generous: on a heavily shared 2-core machine it took 14 minutes
 # Stop the background server when the tour's shell ends, however it ends.
@@ -72,7 +73,8 @@ def test_the_readme_tour_runs_as_written_with_budget_1(tmp_path: Path) -> None:
         "GRPC_PORT": str(ports["grpc_port"]),
         "METRICS_PORT": str(ports["metrics_port"]),
     }
-    script = PRELUDE + tour_script(README.read_text())
+    readme = README.read_text()
+    script = PRELUDE + tour_script(readme) + readme_block(readme, "catalog")
     process = subprocess.Popen(
         ["bash", "-c", script],
         cwd=tmp_path,
@@ -94,4 +96,7 @@ def test_the_readme_tour_runs_as_written_with_budget_1(tmp_path: Path) -> None:
     local, served = tables
     assert len(local) == 10
     assert [row[-1] for row in local] == [row[-1] for row in served]
+    assert re.search(r"loaded 500 items into \w+; it holds 500", output), output[-3000:]
+    catalog_hits = re.findall(r"^\W*1\W+(\S+\.png)\W+([\d.]+)", output, flags=re.M)
+    assert catalog_hits and catalog_hits[-1][0] == "000001.png", output[-3000:]  # itself first
     assert not [p for p in psutil.process_iter() if _session_of(p) == process.pid]

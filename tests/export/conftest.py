@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from asen.export.build import export_model
+from asen.export.calibrate import CalibrationSource
 
 from asen.checkpoint import atomic_save, make_checkpoint
 from asen.config import AttributeSpec, load_config
 from asen.data.synthetic import DEFAULT_ATTRIBUTES, generate
 from asen.model.asen import ASENPP
-from asen.export.build import export_model
-from asen.export.calibrate import CalibrationSource
 
 ATTRIBUTES = [AttributeSpec(n, v) for n, v in DEFAULT_ATTRIBUTES.items()]
 

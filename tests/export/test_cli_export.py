@@ -6,13 +6,13 @@ import importlib.util
 import json
 import shutil
 
+import asen.export.build
 import pytest
 import torch
+from asen.export.verify import Tolerance
 from typer.testing import CliRunner
 
-import asen.export.build
 from asen.cli import app
-from asen.export.verify import Tolerance
 
 runner = CliRunner()
 TRT_READY = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
@@ -45,11 +45,15 @@ def test_export_prints_and_replaces(checkpoints, tmp_path):
         "asen_onnx/configs",
         "asen_onnx/configs/python.pbtxt",
         "asen_onnx/generated.json",
+        "asen_onnx/warmup",  # the real image Triton warms the model on (export.warmup)
+        "asen_onnx/warmup/image",
         "asen_preprocess",
         "asen_preprocess/1",
         "asen_preprocess/1/model.py",
         "asen_preprocess/config.pbtxt",
         "asen_preprocess/generated.json",
+        "asen_preprocess/warmup",
+        "asen_preprocess/warmup/image_bytes",
     ]
 
 

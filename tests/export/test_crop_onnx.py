@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
+from asen.export.onnx import export_onnx, session
 
 from asen.config import AttributeSpec
 from asen.encoders import ModelInfo
 from asen.model.asen import ASENPP
-from asen.export.onnx import export_onnx, session
 from tests.asen.model.test_crop_parity import (
     LOCAL,
     MIN_COSINE,

@@ -7,13 +7,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from asen.export.deployment import DeploymentOptions
+from asen.export.repository import read_config, write_repository
 from tritonclient.grpc import model_config_pb2 as mc
 from typer.testing import CliRunner
 
 from asen import AsenError
 from asen.cli import app
-from asen.export.deployment import DeploymentOptions
-from asen.export.repository import read_config, write_repository
 
 runner = CliRunner()
 GPU, CPU = mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_CPU

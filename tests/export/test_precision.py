@@ -8,17 +8,17 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
-
-from asen import AsenError
-from asen.data.splits import open_dataset
-from asen.model.shape import ModelInfo
 from asen.export.calibrate import CalibrationSource, calibration_set, choose_pairs
 from asen.export.encoders import OnnxEncoder
 from asen.export.layout import in_model, read_sidecar
 from asen.export.onnx import check_onnx
 from asen.export.precision import parse_precisions, reduced_nodes
 from asen.export.verify import probe_inputs
+from onnx import numpy_helper
+
+from asen import AsenError
+from asen.data.splits import open_dataset
+from asen.model.shape import ModelInfo
 
 KEPT_FP32 = {"Softmax", "RoiAlign", "ReduceL2", "Resize", "ReduceMin", "ReduceMax", "Div", "Sub"}
 

@@ -10,11 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from asen import AsenError
-from asen.search import SearchIndex
-from asen.cli import app
 from asen.export.repository import read_config
 from asen.export.search_model import (
     INDEX_DIR,
@@ -24,6 +19,11 @@ from asen.export.search_model import (
     encoder_identity,
     encoder_mismatch,
 )
+from typer.testing import CliRunner
+
+from asen import AsenError
+from asen.cli import app
+from asen.search import SearchIndex
 
 runner = CliRunner()
 

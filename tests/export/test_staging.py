@@ -14,12 +14,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from asen.export import staging
+from asen.export.build import export_model
 from typer.testing import CliRunner
 
 from asen import AsenError
 from asen.cli import app
-from asen.export import staging
-from asen.export.build import export_model
 
 runner = CliRunner()
 ROOT = Path(__file__).parents[2]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from asen.export.verify import ONNX_TOLERANCE, Parity, compare, require, tolerance_for
 
 from asen import AsenError
-from asen.export.verify import ONNX_TOLERANCE, Parity, compare, require, tolerance_for
 
 
 def test_compare_figures():

@@ -8,12 +8,12 @@ import json
 import shutil
 
 import pytest
+from asen.export.layout import read_sidecar
+from asen.export.versions import MANIFEST, VersionRequest, install, version_folders
 from typer.testing import CliRunner
 
 from asen import AsenError
 from asen.cli import app
-from asen.export.layout import read_sidecar
-from asen.export.versions import MANIFEST, VersionRequest, install, version_folders
 
 runner = CliRunner()
 

@@ -288,7 +288,7 @@ def test_attribute_index(tmp_path):
         ds.attribute_index("2")  # only two attributes
 
 
-# ------------------------------------------------------------------ issue 12: hostile inputs
+# ------------------------------------------------------------------ hostile inputs
 
 
 def test_non_utf8_byte_names_file_and_line(tmp_path):

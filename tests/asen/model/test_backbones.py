@@ -1,5 +1,5 @@
 """`--weights FILE`: a local state dict of the chosen backbone loads; anything else is one
-line naming the file (issue 12)."""
+line naming the file."""
 
 from __future__ import annotations
 

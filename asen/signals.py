@@ -1,0 +1,89 @@
+"""How asen's long-running commands treat SIGTERM, SIGINT and SIGHUP (docs/robustness.md).
+
+A scheduler, systemd or a shell's job control signals the whole process group, so every
+helper process asen starts (DataLoader workers, perf_analyzer, tritonserver) receives the
+signal too. Helpers leave it to the main process, which stops them itself, in order:
+
+- `ignore_stop_signals`: a DataLoader `worker_init_fn`; workers ignore the stop signals.
+- `held_stop_signals`: blocks them in the main thread while helpers are forked, so a signal
+  arriving in between is neither lost for the main process nor acted on by a helper
+  before it could ignore it (the child inherits the blocked mask, `ignore_stop_signals`
+  sets SIG_IGN, which discards a pending one, then unblocks).
+- `stop_signals_raise`: while active, SIGTERM / SIGHUP raise `Stopped` (a
+  KeyboardInterrupt, as SIGINT raises), so `finally` blocks stop helpers and remove
+  temporary folders; `exit_code` is the command's documented code for the signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """In a helper process (a DataLoader worker): ignore SIGTERM, SIGINT and SIGHUP, and
+    unblock them (a pending one is discarded); the main process stops this one itself."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextmanager
+def held_stop_signals() -> Iterator[None]:
+    """Block the stop signals in this thread for the block (while helpers are forked); one
+    that arrived meanwhile is delivered when the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal turned into an exception (SIGTERM or SIGHUP; SIGINT raises a plain
+    KeyboardInterrupt): it unwinds like Ctrl-C, through every `finally`."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def signal_of(error: BaseException) -> int:
+    """The signal an interruption stands for: a `Stopped`'s, else SIGINT (Ctrl-C)."""
+    return error.signum if isinstance(error, Stopped) else int(signal.SIGINT)
+
+
+def exit_code(signum: int) -> int:
+    """The shell's convention for a command ended by a signal: 128 + its number (130 for
+    SIGINT, 143 for SIGTERM, 129 for SIGHUP)."""
+    return 128 + int(signum)
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[list[int]]:
+    """While active (main thread only), SIGTERM and SIGHUP raise `Stopped` where the main
+    thread is, as SIGINT raises KeyboardInterrupt; yields the list of signals received.
+    The previous handlers come back when the block ends."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,1 @@
+"""Helper processes the benchmarks start (not benchmarks themselves)."""
