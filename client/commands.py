@@ -99,10 +99,7 @@ class BenchLoad:
 
     concurrency: Annotated[
         str | None,
-        typer.Option(
-            help="Concurrency levels: first, last and step (e.g. 1:16:1), or one (8). "
-            "[default: 1:16:1]"
-        ),
+        typer.Option(help="Concurrency levels: first, last and step, or one (8); default 1:16:1."),
     ] = None
     request_rate: Annotated[
         str | None,

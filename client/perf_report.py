@@ -1,28 +1,30 @@
-"""perf_analyzer's results: its verbose CSV (`-f --verbose-csv`) and server counts, as rows
-for a table, and a throughput-latency plot."""
+"""`asen bench serve`'s results: per load level, perf_analyzer's CSV row (client latency,
+throughput, transfer) and the server's statistics of the level (queue, compute, batching),
+as table rows, one CSV and a throughput-latency plot."""
 
 from __future__ import annotations
 
 import csv
 import io
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from asen.client.perf_stats import ServerStats
+from rich.table import Table
 
 from asen import AsenError
 from asen.atomic import atomic_write_bytes
 
-_LEVEL = re.compile(r"^Request concurrency: (\d+)", re.M)
 _TRANSFER = ("Client Send", "Network+Server Send/Recv", "Client Recv")
-_COUNT = re.compile(r"^\s+(Inference|Execution) count: (\d+)", re.M)
 
 
 @dataclass
 class Level:
-    """One concurrency level: throughput (inferences/s, i.e. images/s), client latency
-    percentiles, the server's mean queue and compute time, the mean time moving a request
-    and its response (client send and receive, network and server I/O; all ms), and images
-    per model execution (from the server's counts; 0 when not reported)."""
+    """One load level: throughput (inferences/s, i.e. images/s), client latency
+    percentiles, the server's mean queue and compute time per request (Triton's statistics
+    of the level), the mean time moving a request and its response (client send and
+    receive, network and server I/O; all ms), images per model execution (0 when the
+    server reports no executions), and the load: a concurrency, or requests/s asked for."""
 
     concurrency: int
     throughput: float
@@ -33,57 +35,84 @@ class Level:
     compute_ms: float
     transfer_ms: float = 0.0
     batch_per_execution: float = 0.0
+    request_rate: float = 0.0
 
     def as_dict(self) -> dict:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
-
-def server_batches(stdout: str) -> dict[int, float]:
-    """Images per model execution at each concurrency level, from perf_analyzer's report
-    of the server's inference and execution counts (the first model listed)."""
-    out: dict[int, float] = {}
-    starts = list(_LEVEL.finditer(stdout))
-    for k, m in enumerate(starts):
-        block = stdout[m.end() : starts[k + 1].start() if k + 1 < len(starts) else None]
-        counts: dict[str, int] = {}
-        for kind, value in _COUNT.findall(block):
-            counts.setdefault(kind, int(value))
-        if counts.get("Execution"):
-            out[int(m.group(1))] = counts["Inference"] / counts["Execution"]
-    return out
+    @property
+    def load(self) -> str:
+        return f"{self.request_rate:g}/s" if self.request_rate else f"c={self.concurrency}"
 
 
-def parse_csv(text: str, batches: dict[int, float] | None = None) -> list[Level]:
-    """Rows of perf_analyzer's verbose CSV (times in microseconds), sorted by concurrency."""
+def csv_rows(text: str) -> list[dict]:
+    """The rows of perf_analyzer's verbose CSV (one level per run)."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows:
+        raise AsenError("perf_analyzer's CSV holds no measurement")
+    return rows
+
+
+def merge_csv(texts: list[str]) -> str:
+    """perf_analyzer's CSVs of several runs as one: the first header, every run's rows."""
+    lines = texts[0].strip().splitlines()[:1]
+    for text in texts:
+        lines += [ln for ln in text.strip().splitlines()[1:] if ln.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def make_level(row: dict, stats: ServerStats, *, concurrency: int, request_rate: float) -> Level:
+    """A Level from perf_analyzer's CSV row (times in microseconds) and the server's
+    statistics of the same run."""
     ms = 1e-3
-    levels = []
     try:
-        for row in csv.DictReader(io.StringIO(text)):
-            c = int(row["Concurrency"])
-            compute = sum(
-                float(row[k])
-                for k in ("Server Compute Input", "Server Compute Infer", "Server Compute Output")
-            )
-            levels.append(
-                Level(
-                    concurrency=c,
-                    throughput=float(row["Inferences/Second"]),
-                    p50_ms=float(row["p50 latency"]) * ms,
-                    p90_ms=float(row["p90 latency"]) * ms,
-                    p99_ms=float(row["p99 latency"]) * ms,
-                    queue_ms=float(row["Server Queue"]) * ms,
-                    compute_ms=compute * ms,
-                    transfer_ms=sum(float(row[k]) for k in _TRANSFER) * ms,
-                    batch_per_execution=(batches or {}).get(c, 0.0),
-                )
-            )
+        return Level(
+            concurrency=concurrency,
+            throughput=float(row["Inferences/Second"]),
+            p50_ms=float(row["p50 latency"]) * ms,
+            p90_ms=float(row["p90 latency"]) * ms,
+            p99_ms=float(row["p99 latency"]) * ms,
+            queue_ms=stats.queue_ms,
+            compute_ms=stats.compute_ms,
+            transfer_ms=sum(float(row[k]) for k in _TRANSFER) * ms,
+            batch_per_execution=stats.batch_per_execution,
+            request_rate=request_rate,
+        )
     except (KeyError, ValueError) as e:
         raise AsenError(f"perf_analyzer's CSV is not in the expected format ({e})") from None
-    return sorted(levels, key=lambda level: level.concurrency)
+
+
+def levels_table(levels: list[Level], title: str) -> Table:
+    """The figures, one row a load level."""
+    table = Table(
+        title=title, caption="latency in ms; server queue and compute: ms per request (Triton)"
+    )
+    load = "requests/s" if levels and levels[0].request_rate else "concurrency"
+    for name in (load, "images/s", "p50", "p90", "p99", "queue", "compute", "batch/exec"):
+        table.add_column(name, justify="right")
+    for v in levels:
+        table.add_row(
+            f"{v.request_rate:g}" if v.request_rate else str(v.concurrency),
+            f"{v.throughput:.1f}",
+            *(f"{x:.2f}" for x in (v.p50_ms, v.p90_ms, v.p99_ms, v.queue_ms, v.compute_ms)),
+            f"{v.batch_per_execution:.2f}",
+        )
+    return table
+
+
+def threshold_note(levels: list[Level], threshold_ms: float | None) -> str:
+    """Why the sweep ended where it did (its last level's p99 is over the threshold), or ""."""
+    if threshold_ms is None or not levels or levels[-1].p99_ms <= threshold_ms:
+        return ""
+    last = levels[-1]
+    return (
+        f"{last.load}: p99 {last.p99_ms:.1f} ms is over --latency-threshold {threshold_ms:g} ms"
+        " (the sweep ends at the first such level)"
+    )
 
 
 def plot(levels: list[Level], path: Path, title: str) -> None:
-    """Throughput against p50 and p99 latency, each point labelled with its concurrency."""
+    """Throughput against p50 and p99 latency, each point labelled with its load."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,7 +124,7 @@ def plot(levels: list[Level], path: Path, title: str) -> None:
         ax.plot(x, [getattr(level, attr) for level in levels], style, label=attr[:3])
     for level in levels:
         ax.annotate(
-            f"c={level.concurrency}",
+            level.load,
             (level.throughput, level.p50_ms),
             textcoords="offset points",
             xytext=(4, -10),
