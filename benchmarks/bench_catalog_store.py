@@ -9,13 +9,11 @@ the Milvus call (with and without the stored vectors) and asen's exact re-scorin
 The vectors are clustered like real embeddings (a mixture of 512 unit centres per attribute
 with noise), not uniform noise, which no index can cluster.
 
-    python benchmarks/bench_catalog_store.py --items 100000 --index hnsw
+    python -m benchmarks.bench_catalog_store --items 100000 --index hnsw
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import tempfile
 import threading
@@ -38,6 +36,7 @@ from asen.catalog.files import (
 from asen.catalog.load import load_catalog
 from asen.catalog.query import SEARCH_PARAMS, search
 from asen.catalog.store import CatalogStore, parse_store
+from benchmarks import harness
 
 CATEGORIES = 10  # one category is the ~10% filter
 CHUNK = 50_000
@@ -196,8 +195,30 @@ def breakdown(store, tests, names) -> dict:
     return out
 
 
+def to_figures(result: dict) -> harness.Figures:
+    """One row: the store's load, memory, recall and latency at this size."""
+    columns = ["items", "attributes", "dim", "index", "load s", "peak RSS GiB", "recall@10"]
+    latency_keys = [k for k in result if k.endswith("_ms") and k != "asen_query_ms"]
+    return harness.Figures(
+        title=f"Catalog store (Milvus Lite): {result['items']:,} items, {result['index']}",
+        columns=[*columns, *latency_keys],
+        rows=[
+            [
+                result["items"],
+                result["attributes"],
+                result["dim"],
+                result["index"],
+                result["load_s"],
+                result["peak_rss_gib"],
+                result["recall_at_10"],
+                *(result[k] for k in latency_keys),
+            ]
+        ],
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--attributes", type=int, default=4)
     parser.add_argument("--dim", type=int, default=256)
@@ -229,7 +250,7 @@ def main() -> None:
                 **latency(address, tests, names, args.in_flight, args.seconds),
                 "one_query": breakdown(store, tests, names),
             }  # fmt: skip
-    print(json.dumps(result, indent=1))
+    harness.finish(result, args, to_figures, indent=1)
 
 
 if __name__ == "__main__":

@@ -390,7 +390,20 @@ class ServerHandle:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
         self.process.wait()
+        _wait_group_gone(pgid)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:
+    """Wait until no process of the group is left: SIGKILL is delivered asynchronously, and
+    the Python stubs of a server are reaped by init, not by us."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
 
 
 def launch(
