@@ -25,12 +25,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 from asen.export.encoders import OnnxEncoder
 from asen.export.onnx import export_onnx
 from asen.export.precision import to_int8
@@ -41,36 +39,16 @@ from asen.catalog.items import read_items
 from asen.catalog.synthetic import write_catalog
 from asen.checkpoint import atomic_save, make_checkpoint
 from asen.model.shape import ModelInfo
-from benchmarks.harness import Figures, finish, interleaved, load_average, median, parser
+from benchmarks.harness import (
+    Figures,
+    PeakMemory,
+    finish,
+    interleaved,
+    load_average,
+    median,
+    parser,
+)
 from benchmarks.models import random_model
-
-
-class PeakMemory:
-    """Peak resident memory of this process plus its children, sampled every 50 ms."""
-
-    def __init__(self) -> None:
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            try:
-                total = me.memory_info().rss + sum(
-                    c.memory_info().rss for c in me.children(recursive=True)
-                )
-            except psutil.Error:
-                total = me.memory_info().rss
-            self.peak = max(self.peak, total)
-            time.sleep(0.05)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _graphs(size: str, folder: Path) -> dict[str, Path]:

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -40,28 +38,6 @@ from benchmarks import harness
 
 CATEGORIES = 10  # one category is the ~10% filter
 CHUNK = 50_000
-
-
-class PeakMemory:
-    """The process's peak resident memory, sampled every 50 ms."""
-
-    def __init__(self) -> None:
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        process = psutil.Process()
-        while not self._stop.is_set():
-            self.peak = max(self.peak, process.memory_info().rss)
-            time.sleep(0.05)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def clustered(rng, n: int, attributes: int, dim: int) -> np.ndarray:
@@ -235,7 +211,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_catalog(Path(tmp) / "catalog", vectors, category)
         address = parse_store(args.store or str(Path(tmp) / "bench.db"))
-        with PeakMemory() as memory:
+        with harness.PeakMemory() as memory:
             start = time.perf_counter()
             load_catalog(open_catalog(Path(tmp) / "catalog"), address, index=args.index,
                          batch_size=2048)  # fmt: skip

@@ -23,6 +23,7 @@ import platform
 import shlex
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import psutil
 
 from asen.atomic import atomic_write_text
 
@@ -257,3 +259,32 @@ def finish(
             write_figures(args.figures, to_figures(result))
         except (ValueError, OSError) as error:
             raise SystemExit(f"error: --figures {args.figures}: {error}") from None
+
+
+class PeakMemory:
+    """Peak resident memory of this process plus its children (decode workers, servers it
+    started), sampled every 50 ms: `with PeakMemory() as m: ...; m.peak` in bytes."""
+
+    def __init__(self) -> None:
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                total = me.memory_info().rss + sum(
+                    c.memory_info().rss for c in me.children(recursive=True)
+                )
+            except psutil.Error:
+                total = me.memory_info().rss
+            self.peak = max(self.peak, total)
+            time.sleep(0.05)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -169,21 +169,21 @@ class BodyLimit:
 
 
 class SecurityHeaders:
-    """ASGI middleware: the Content-Security-Policy and friends on every response."""
+    """ASGI middleware: a Content-Security-Policy (`csp`, default the search page's) and
+    friends on every response."""
 
-    HEADERS = [
-        (b"content-security-policy", CSP.encode()),
-        (b"x-content-type-options", b"nosniff"),
-        (b"referrer-policy", b"no-referrer"),
-    ]
-
-    def __init__(self, app):
+    def __init__(self, app, csp: str = CSP):
         self.app = app
+        self.headers = [
+            (b"content-security-policy", csp.encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+        ]
 
     async def __call__(self, scope, receive, send):
         async def with_headers(message):
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
             await send(message)
 
         return await self.app(scope, receive, with_headers)

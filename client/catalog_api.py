@@ -347,33 +347,11 @@ def _page(app: FastAPI, service: CatalogService) -> None:
         return Response(PAGE_JS, media_type="text/javascript")
 
 
-class CatalogHeaders:
-    """ASGI middleware: the page's Content-Security-Policy (its own script, fetch to
-    itself) and friends on every response."""
-
-    HEADERS = [
-        (b"content-security-policy", CSP.encode()),
-        (b"x-content-type-options", b"nosniff"),
-        (b"referrer-policy", b"no-referrer"),
-    ]
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        async def with_headers(message):
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
-            await send(message)
-
-        return await self.app(scope, receive, with_headers)
-
-
 def create_catalog_app(
     catalog: CatalogSettings, *, max_upload_bytes: int, body_timeout_s: float
 ) -> FastAPI:
     """The catalog page and API (connects to the store now: unreachable is an AsenError)."""
-    from asen.client.app import FORM_OVERHEAD, BodyLimit
+    from asen.client.app import FORM_OVERHEAD, BodyLimit, SecurityHeaders
 
     service = CatalogService(catalog)
     app = FastAPI(
@@ -387,7 +365,7 @@ def create_catalog_app(
     _routes(app, service)
     _page(app, service)
     app.add_middleware(BodyLimit, limit=max_upload_bytes + FORM_OVERHEAD, timeout_s=body_timeout_s)
-    app.add_middleware(CatalogHeaders)
+    app.add_middleware(SecurityHeaders, csp=CSP)  # the page's own script, fetch to itself
     app.state.catalog = service
     app.router.on_shutdown.append(service.close)
     return app

@@ -12,15 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pv
-import pyarrow.json as pj
-import pyarrow.parquet as pq
 
 from asen import AsenError
 from asen.catalog.files import check_metadata_names
+from asen.data.tables import read_table
 
-TABLE_KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "json",
-               ".ndjson": "json", ".json": "json"}  # fmt: skip
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 DIGEST_BLOCK = 1 << 20
 
@@ -46,31 +42,6 @@ class Items:
 
     def metadata_types(self) -> dict[str, str]:
         return {f.name: str(f.type) for f in self.metadata.schema}
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def _read_table(path: Path, text_columns: list[str]) -> pa.Table:
-    """The table by its suffix; in a CSV the id and image columns are text (ids such as
-    `00123` keep their zeros) and an empty cell is null."""
-    kind = TABLE_KINDS.get(path.suffix.lower())
-    if kind is None:
-        raise AsenError(f"{path}: unknown table type; expected .csv, .parquet or .jsonl")
-    if not path.is_file():
-        raise AsenError(f"{path}: items table not found")
-    try:
-        if kind == "parquet":
-            return pq.read_table(path)
-        if kind == "json":
-            return pj.read_json(path)
-        convert = pv.ConvertOptions(
-            strings_can_be_null=True, column_types={c: pa.string() for c in text_columns}
-        )
-        return pv.read_csv(path, convert_options=convert)
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise AsenError(f"{path}: cannot read the table ({_first_line(e)})") from None
 
 
 def _column(table: pa.Table, name: str, path: Path, option: str) -> pa.Array:
@@ -119,7 +90,7 @@ def read_items(path: str | Path, *, id_column: str = "id", image_column: str = "
     """The items of a table; every column but the id is kept as metadata (the image column
     too: it says where each item's picture is). One AsenError line for a bad table."""
     path = Path(path)
-    table = _read_table(path, [id_column, image_column])
+    table = read_table(path, text_columns=[id_column, image_column], what="items table")
     if table.num_rows == 0:
         raise AsenError(f"{path}: empty table (no rows)")
     ids = _ids(_column(table, id_column, path, "--id-column"), path, id_column)

@@ -50,24 +50,30 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def read_table(path: Path, column_names: list[str] | None = None) -> pa.Table:
-    """A CSV (header line unless `column_names`), Parquet or JSON Lines file, by its suffix;
-    CSV cells are text (the image column always) and an empty cell is null."""
+def read_table(
+    path: Path,
+    *,
+    text_columns: list[str],
+    header: list[str] | None = None,
+    what: str = "labels file",
+) -> pa.Table:
+    """A CSV, Parquet or JSON Lines file, by its suffix. In a CSV the `text_columns` stay
+    text (ids such as `00123` keep their zeros), an empty cell is null, and the first line
+    names the columns unless `header` does. `what` names the file in errors."""
     kind = TABLE_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise AsenError(f"{path}: unknown table type; expected .csv, .parquet or .jsonl")
     if not path.is_file():
-        raise AsenError(f"{path}: labels file not found")
+        raise AsenError(f"{path}: {what} not found")
     try:
         if kind == "parquet":
             return pq.read_table(path)
         if kind == "json":
             return pj.read_json(path)
         convert = pv.ConvertOptions(
-            strings_can_be_null=True,
-            column_types={c: pa.string() for c in (column_names or [IMAGE, ATTRIBUTE, VALUE])},
+            strings_can_be_null=True, column_types={c: pa.string() for c in text_columns}
         )
-        return pv.read_csv(path, pv.ReadOptions(column_names=column_names), convert_options=convert)
+        return pv.read_csv(path, pv.ReadOptions(column_names=header), convert_options=convert)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise AsenError(f"{path}: cannot read the table ({_first_line(e)})") from None
 
@@ -187,7 +193,7 @@ def read_wide(path: Path, table: pa.Table) -> LabelTable:
 def read_fashionai(path: Path) -> LabelTable:
     """FashionAI's `Annotations/label.csv`: the label's one `y` is the value; rows with no
     `y` or several are counted per attribute and left out."""
-    table = read_table(path, FASHIONAI_COLUMNS)
+    table = read_table(path, text_columns=FASHIONAI_COLUMNS, header=FASHIONAI_COLUMNS)
     _rows(table, path)
     images, attributes, labels = (_texts(table, c, path) for c in FASHIONAI_COLUMNS)
     collector, widths, left = _Collector(path), {}, Counter()
@@ -218,7 +224,7 @@ def read_labels(path: str | Path, kind: str = "table") -> LabelTable:
         return read_fashionai(path)
     if kind != "table":
         raise AsenError(f"unknown labels format {kind!r}; valid: table, fashionai")
-    table = read_table(path)
+    table = read_table(path, text_columns=[IMAGE, ATTRIBUTE, VALUE])
     if ATTRIBUTE in table.column_names or VALUE in table.column_names:
         return read_long(path, table)
     return read_wide(path, table)

@@ -59,6 +59,15 @@ def test_health_and_openapi(client, world):
     assert {"put", "delete"} <= spec["paths"]["/api/items/{item}"].keys()
 
 
+def test_every_answer_carries_the_catalog_pages_security_headers(client):
+    for answer in (client.get("/"), client.get("/api/health")):
+        csp = answer.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp
+        assert "connect-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+
+
 def test_photo_query_two_attributes_with_a_filter(client, world):
     weights = {"neck": 1.0, "fit": 0.5}
     spec = {"category": {"in": ["dress", "coat"]}, "price": {"lt": 150}}
