@@ -2,8 +2,9 @@
 
 Tensors go to the encoder model (`<name>_trt` or `<name>_onnx`: the one the `<name>` ensemble
 runs); with `send_bytes`, encoded image files go through the ensemble, which decodes them on
-the server with the one preprocessing function. Work is split into batches of at most the
-model's max batch, a bounded number of requests is in flight, and a server that is briefly
+the server with the one preprocessing function (`encode_all_files`: through the
+all-attributes ensemble `<name>_all`). Work is split into batches of at most the model's
+max batch, a bounded number of requests is in flight, and a server that is briefly
 unavailable is retried with backoff.
 """
 
@@ -98,7 +99,9 @@ class TritonEncoder(Encoder):
                 if ensemble.get("platform") != "ensemble":
                     raise AsenError(f"--send-bytes: Triton model {model} is not the bytes ensemble")
                 self.batch_size = min(self.batch_size, ensemble["max_batch_size"])
-            self.all_model = self._served_all_model(self.model)
+            is_all = self.config["params"].get("graph") == "all"
+            self.all_model = self.model if is_all else self._served_all_model(self.model)
+            self.all_ensemble = self._served_all_ensemble(model) if send_bytes else None
         except BaseException:
             self.close()
             raise
@@ -153,6 +156,20 @@ class TritonEncoder(Encoder):
             return None
         config = self._model_config(name, self.model_version)
         return name if config["params"].get("graph") == "all" else None
+
+    def _served_all_ensemble(self, model: str) -> str | None:
+        """The all-attributes bytes ensemble: `model` when it runs the all-attributes graph
+        (`asen_all`), else the one exported beside it (`asen` -> `asen_all`) when served."""
+        if self.all_model == self.model:
+            return model
+        name = all_variant(model)
+        if name is None or self.all_model is None:
+            return None
+        try:
+            config = self._model_config(name)
+        except AsenError:
+            return None
+        return name if config.get("platform") == "ensemble" else None
 
     @property
     def has_all_graph(self) -> bool:
@@ -343,23 +360,32 @@ class TritonEncoder(Encoder):
         return attributes
 
     def _embed_blobs(
-        self, blobs: list[bytes], attributes: np.ndarray, skip_bad: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One request through the ensemble: (indices embedded, their embeddings). With
-        `skip_bad` an undecodable image is left out and the rest resent."""
-        rows = np.arange(len(blobs))
+        self,
+        blobs: list[bytes],
+        attributes: np.ndarray | None,
+        skip_bad: bool,
+        *,
+        all_attributes: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """One request through the ensemble (the all-attributes one, without `attributes`,
+        with `all_attributes`): (indices embedded, their embeddings, {index: reason} of
+        those left out). With `skip_bad` an undecodable image is left out and the rest
+        resent; otherwise it raises `_BadBatchImage`."""
+        per_row = self.info.dim * (len(self.info.attributes) if all_attributes else 1)
+        model = self.all_ensemble if all_attributes else self.ensemble
+        rows, bad = np.arange(len(blobs)), {}
         while len(rows):
-            feed = {
-                BYTES_INPUT: np.array([blobs[i] for i in rows], dtype=object).reshape(-1, 1),
-                ATTRIBUTE: attributes[rows, None],
-            }
+            feed = {BYTES_INPUT: np.array([blobs[i] for i in rows], dtype=object).reshape(-1, 1)}
+            if attributes is not None:
+                feed[ATTRIBUTE] = attributes[rows, None]
             try:
-                return rows, self._infer(self.ensemble, feed)
+                return rows, self._infer(str(model), feed, per_row), bad
             except _BadBatchImage as e:
                 if not skip_bad:
                     raise _BadBatchImage(int(rows[e.index]), e.reason) from None
+                bad[int(rows[e.index])] = e.reason
                 rows = np.delete(rows, e.index)
-        return rows, self.empty()
+        return rows, np.zeros((0, per_row), np.float32), bad
 
     def encode_bytes(
         self, blobs: Sequence[bytes], attributes: np.ndarray, skip_bad: bool = False
@@ -371,7 +397,7 @@ class TritonEncoder(Encoder):
 
         def chunk(part: slice):
             try:
-                rows, emb = self._embed_blobs(list(blobs[part]), attributes[part], skip_bad)
+                rows, emb, _ = self._embed_blobs(list(blobs[part]), attributes[part], skip_bad)
             except _BadBatchImage as e:
                 raise BadImageError(f"image {part.start + e.index}: {e.reason}") from None
             return rows + part.start, emb
@@ -410,12 +436,55 @@ class TritonEncoder(Encoder):
                 except OSError as e:
                     raise BadImageError(f"{path}: cannot read image ({e.strerror})") from None
             try:
-                rows, emb = self._embed_blobs(blobs, attributes[part], skip_bad)
+                rows, emb, _ = self._embed_blobs(blobs, attributes[part], skip_bad)
             except _BadBatchImage as e:
                 raise BadImageError(f"{files[part.start + e.index]}: {e.reason}") from None
             return rows + part.start, emb
 
         return self._gather(chunk, len(files), progress)
+
+    def encode_all_files(
+        self, files: Sequence[str | Path], *, progress: Progress | None = None
+    ) -> tuple[np.ndarray, list[str]]:
+        """With `send_bytes`: every attribute's embedding of each image file, float32
+        [N,A,D], through the all-attributes ensemble (`<name>_all`), which decodes the files
+        on the server, `in_flight` requests at a time; and per file the reason it was left
+        out ("" when embedded). A file that cannot be read or decoded is left out (its rows
+        zero) and the rest of its request resent."""
+        if self.all_ensemble is None:
+            raise AsenError(
+                f"Triton at {self.url}: no all-attributes bytes ensemble beside {self.ensemble} "
+                "(export with --all-attributes, or drop --send-bytes)"
+            )
+        count, dim, n = len(self.info.attributes), self.info.dim, len(files)
+        size = self.all_batch_size
+        parts = [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+        def chunk(part: slice) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+            blobs, bad = {}, {}
+            for i in range(part.start, part.stop):
+                try:
+                    if not Path(files[i]).is_file():  # the reason a local decode gives
+                        bad[i] = f"{files[i]}: image file not found"
+                        continue
+                    blobs[i] = Path(files[i]).read_bytes()
+                except OSError as e:
+                    bad[i] = f"{files[i]}: cannot read image ({e.strerror})"
+            index = np.array(sorted(blobs), dtype=np.int64)
+            rows, emb, failed = self._embed_blobs(
+                [blobs[i] for i in index], None, True, all_attributes=True
+            )
+            bad |= {int(index[r]): f"{files[index[r]]}: {why}" for r, why in failed.items()}
+            return index[rows], emb, bad
+
+        out, reasons = np.zeros((n, count, dim), np.float32), [""] * n
+        for part, (rows, emb, bad) in zip(parts, self.map_batches(chunk, parts), strict=True):
+            out[rows] = emb.reshape(-1, count, dim)
+            for i, why in bad.items():
+                reasons[i] = why
+            if progress:
+                progress(part.stop - part.start)
+        return out, reasons
 
     def _gather(
         self, chunk: Callable, n: int, progress: Progress | None = None

@@ -3,11 +3,13 @@ Parquet chunks (docs/catalog-embed.md; the files: `asen.catalog.files`).
 
 A run embeds one part (`--shard I/N`, rows [I*n/N, (I+1)*n/N) of the items) in chunks of
 `chunk_rows` rows. Images are decoded with the one preprocessing function in DataLoader
-workers, in batches that never cross a chunk, and encoded with `Encoder.encode_all`. Each
-chunk is written in one step, then the part record lists it, so a kill loses at most the
-chunk in progress and `resume` carries on from the next one, after checking that the
-encoder and the items are those the record names. The output depends only on the items,
-the encoder and `chunk_rows`: an interrupted and resumed run writes the same bytes.
+workers, in batches that never cross a chunk, and encoded with `Encoder.encode_all`; an
+encoder that takes files (Triton with `--send-bytes`) gets the files, which its server
+decodes, with the same preprocessing function. Each chunk is written in one step, then
+the part record lists it, so a kill loses at most the chunk in progress and `resume`
+carries on from the next one, after checking that the encoder and the items are those the
+record names. The output depends only on the items, the encoder and `chunk_rows`: an
+interrupted and resumed run writes the same bytes.
 """
 
 from __future__ import annotations
@@ -230,6 +232,10 @@ class _Run:
         ]
         if not plan:
             return
+        if self.encoder.input_kind == "files":  # the encoder sends the files; a server decodes
+            for k, batch in plan:
+                yield k, None, np.array(batch, dtype=np.int64), [""] * len(batch)
+            return
         data = CatalogImages(self.root, self.items.images, self.encoder.info.source_size)
         loader = DataLoader(
             data,
@@ -279,6 +285,22 @@ def _problem(items: Items, row: int, reason: str) -> dict[str, Any]:
     return {"row": row, "id": items.ids[row].as_py(), "image": items.images[row], "reason": reason}
 
 
+def _encode(
+    run: _Run, images: np.ndarray | None, rows: np.ndarray, reasons: list[str]
+) -> tuple[np.ndarray, list[str]]:
+    """(embeddings [g,A,D] of the batch's good rows, per row the reason it failed): of the
+    decoded images, or, with no images, of the files, which the encoder sends to be
+    decoded by its server (an encoder whose `input_kind` is "files")."""
+    if images is None:
+        files = [run.root / str(run.items.images[r]) for r in rows]
+        embedded, reasons = run.encoder.encode_all_files(files)  # type: ignore[attr-defined]
+        return embedded[[not why for why in reasons]], reasons
+    good = np.array([not why for why in reasons], dtype=bool)
+    if not good.any():
+        return np.zeros((0, len(run.encoder.info.names), run.encoder.info.dim), np.float32), reasons
+    return run.encoder.encode_all(images[good]), reasons
+
+
 def _embed_chunk(
     run: _Run, k: int, batches: Iterator[tuple], skip: dict[int, str], progress: Progress
 ) -> None:
@@ -286,16 +308,16 @@ def _embed_chunk(
     rows: list[int] = []
     vectors: list[np.ndarray] = []
     bad = [_problem(run.items, r, skip[r]) for r in run.chunks[k] if r in skip]
-    for _, images, batch_rows, reasons in batches:
-        good = np.array([not why for why in reasons], dtype=bool)
+    for _, images, batch_rows, decoded in batches:
+        embedded, reasons = _encode(run, images, batch_rows, decoded)
         bad += [
             _problem(run.items, int(r), why)
             for r, why in zip(batch_rows, reasons, strict=True)
             if why
         ]
-        if good.any():
-            vectors.append(run.encoder.encode_all(images[good]))
-            rows += batch_rows[good].tolist()
+        if len(embedded):
+            vectors.append(embedded)
+            rows += [int(r) for r, why in zip(batch_rows, reasons, strict=True) if not why]
         progress(len(batch_rows))
         fault_point("batch")
     shape = (0, len(run.encoder.info.names), run.encoder.info.dim)

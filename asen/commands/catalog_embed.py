@@ -126,8 +126,6 @@ def embed(
     if images is None or model is None:
         raise AsenError("--images ROOT and --model M are required (or --merge --out CATALOG)")
     encoder, server, connection = groups["encoder"], groups["server"], groups["connection"]
-    if encoder.send_bytes:
-        raise AsenError("--send-bytes: catalog embed decodes here and sends tensors; drop it")
     part = Shard.parse(shard)
     table = _items(items, images, id_column, image_column)
     options = backend_options(encoder, server, connection)

@@ -63,7 +63,7 @@ def test_embed_writes_a_catalog_pandas_reads(tmp_path, shop) -> None:
     [
         (["--shard", "2/2"], "--shard 2/2: needs 0 <= I < N"),
         (["--id-column", "nope"], "no column 'nope' (--id-column"),
-        (["--send-bytes"], "--send-bytes"),
+        (["--id-column", "sku", "--send-bytes"], "--send-bytes"),  # Triton only
         (
             ["--id-column", "sku", "--concurrency", "2", "--backend", "onnx"],
             "--concurrency does not",
