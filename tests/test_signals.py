@@ -289,8 +289,7 @@ def test_index(world, tmp_path, sig, target) -> None:
     assert not out.exists()
 
 
-def test_bench_serve_needs_perf_analyzer() -> None:
-    """`asen bench serve` joins the matrix where perf_analyzer is installed."""
+def _perf_analyzer_or_skip() -> None:
     from asen.client.perf import find_perf_analyzer
 
     from asen import AsenError
@@ -299,7 +298,24 @@ def test_bench_serve_needs_perf_analyzer() -> None:
         find_perf_analyzer()
     except AsenError:
         pytest.skip("perf_analyzer is not installed (scripts/install_perf_analyzer.sh)")
-    pytest.skip("bench serve under signals: tests/client/test_perf.py")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_bench_serve(search_server, tmp_path, sig, target) -> None:
+    """perf_analyzer loading the server: it is stopped with the command, and its input
+    folder (`asen-perf-*`) removed."""
+    _perf_analyzer_or_skip()
+    args = ["bench", "serve", "--url", search_server.grpc_url, "--model", "asen_onnx"]
+    args += ["--concurrency", "1:4:1", "--measurement-interval", 5000]
+
+    def mid_work(proc):
+        return _has_child(proc.pid, "perf_analyzer")
+
+    code, output = _signal_run(
+        args, log=tmp_path / "log", mid_work=mid_work, sig=sig, target=target
+    )
+    assert code == _code(sig), output
 
 
 # ---------------------------------------------------------------------- random moments

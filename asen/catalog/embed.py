@@ -14,6 +14,7 @@ interrupted and resumed run writes the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
@@ -48,8 +49,10 @@ from asen.catalog.files import (
     read_parts,
 )
 from asen.catalog.items import Items, screen
+from asen.data.datasets import batches
 from asen.data.images import BadImageError, load_image
 from asen.encoders import Encoder
+from asen.signals import ignore_stop_signals
 
 DEFAULT_CHUNK_ROWS = 1024
 Progress = Callable[[int], None]
@@ -242,9 +245,11 @@ class _Run:
             batch_sampler=[b for _, b in plan],
             num_workers=workers,
             prefetch_factor=2 if workers else None,
+            worker_init_fn=ignore_stop_signals if workers else None,  # the main process stops
         )
-        for (k, _), (images, rows, reasons) in zip(plan, loader, strict=True):
-            yield k, images.numpy(), rows.numpy(), list(reasons)
+        with contextlib.closing(batches(loader)) as decoded:
+            for (k, _), (images, rows, reasons) in zip(plan, decoded, strict=True):
+                yield k, images.numpy(), rows.numpy(), list(reasons)
 
     def write_chunk(self, k: int, rows: list[int], embeddings: np.ndarray) -> str:
         """Chunk k's Parquet file (one atomic write); returns its name."""
@@ -331,15 +336,18 @@ def _embed_chunk(
 def _embed_chunks(run: _Run, skip: dict[int, str], workers: int, progress: Progress) -> int:
     """Embed and write the chunks the part record does not list yet; returns how many."""
     start = len(run.record.manifest.chunks)
-    groups = itertools.groupby(run.loader(start, skip, workers), key=lambda batch: batch[0])
-    group = next(groups, None)
-    for k in range(start, len(run.chunks)):
-        batches: Iterator[tuple] = iter(())
-        if group is not None and group[0] == k:
-            batches = group[1]
-        _embed_chunk(run, k, batches, skip, progress)
-        if group is not None and group[0] == k:
-            group = next(groups, None)
+    # closing: however the loop ends (a stop signal, an error), the decode workers are
+    # stopped and joined here, not left to the interpreter's exit (they ignore SIGTERM)
+    with contextlib.closing(run.loader(start, skip, workers)) as loaded:
+        groups = itertools.groupby(loaded, key=lambda batch: batch[0])
+        group = next(groups, None)
+        for k in range(start, len(run.chunks)):
+            batches: Iterator[tuple] = iter(())
+            if group is not None and group[0] == k:
+                batches = group[1]
+            _embed_chunk(run, k, batches, skip, progress)
+            if group is not None and group[0] == k:
+                group = next(groups, None)
     return len(run.chunks) - start
 
 

@@ -131,9 +131,10 @@ def batches(loader: DataLoader):
     The workers start with the stop signals held (asen/signals.py), and when the iteration
     ends, however it ends (the last batch, a stop, an error, `close()`), they are stopped
     and joined here before the caller goes on."""
-    with held_stop_signals():
-        iterator = iter(loader)
+    iterator = None
     try:
+        with held_stop_signals():  # a signal held here is raised as the block ends
+            iterator = iter(loader)
         yield from iterator
     except BadImageError as e:
         last = str(e).strip().splitlines()[-1]
