@@ -16,6 +16,9 @@ signal too. Helpers leave it to the main process, which stops them itself, in or
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers its exit handler first, so ours below runs before it
 import signal
 import threading
 from collections.abc import Iterator
@@ -31,6 +34,25 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _kill_daemonic_children() -> None:
+    """At exit, multiprocessing stops daemonic children with SIGTERM and then joins them. A
+    DataLoader worker ignores SIGTERM (`ignore_stop_signals`), so one still running then
+    (its loader never closed) would keep this process from exiting: kill them first. The
+    SIGCHLD handler PyTorch installs for its workers is reset, so their end is no error."""
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if not children:
+        return
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(5)
+
+
+atexit.register(_kill_daemonic_children)  # atexit runs last-registered first
 
 
 @contextmanager

@@ -63,3 +63,34 @@ def test_a_helper_ignores_stop_signals_even_one_pending_from_its_fork() -> None:
     assert queue.get(timeout=30) == "alive"
     proc.join(30)
     assert proc.exitcode == 0
+
+
+LEAKED_LOADER = """
+import torch
+from torch.utils.data import DataLoader, Dataset
+from asen.signals import ignore_stop_signals
+
+class Numbers(Dataset):
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, i):
+        return i
+
+leaked = iter(DataLoader(Numbers(), num_workers=2, worker_init_fn=ignore_stop_signals))
+next(leaked)
+print("exiting")
+"""
+
+
+def test_a_leaked_loader_with_workers_that_ignore_sigterm_does_not_hang_the_exit() -> None:
+    """multiprocessing stops daemonic children at exit with SIGTERM, which asen's DataLoader
+    workers ignore: asen.signals kills them first, so the process exits."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", LEAKED_LOADER], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "exiting", done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
