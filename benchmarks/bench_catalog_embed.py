@@ -10,7 +10,8 @@ Memory (`--memory 5000,20000`): the same run at the small size (fp32) on catalog
 sizes (rows reuse 256 drawn images), with the peak resident memory of the process and its
 decode workers sampled every 50 ms: it should not grow with the catalog.
 
-Resume (`--resume-items 20000`): the CLI embeds the catalog once uninterrupted and once
+Resume (`--resume-items 20000`): the small model is exported with its all-attributes graph
+(fp32), and the CLI embeds the catalog through ONNX Runtime once uninterrupted and once
 killed with SIGKILL at three points (mid-chunk, chunk written but not recorded, after a
 record) and resumed; the Parquet files must be byte-identical.
 
@@ -120,7 +121,7 @@ RUN = [sys.executable, "-m", "asen.cli", "catalog", "embed"]
 
 def _cli(table: Path, out: Path, model: Path, *, resume: bool, fault: str = "") -> int:
     args = [str(table), "--images", str(table.parent), "--model", str(model), "--out", str(out)]
-    args += ["--id-column", "sku", "--backend", "torch", "--device", "cpu"]
+    args += ["--id-column", "sku", "--backend", "onnx", "--device", "cpu"]
     env = {**os.environ, FAULT_ENV: fault}
     return subprocess.run([*RUN, *args, *(["--resume"] if resume else [])], env=env).returncode
 
@@ -130,15 +131,18 @@ def resume_check(items: int, folder: Path) -> dict:
     model, cfg, attributes = random_model("small")
     checkpoint = folder / "small.pt"
     atomic_save(make_checkpoint(model, cfg, attributes), checkpoint)
+    repo = folder / "repo"
+    export = [sys.executable, "-m", "asen.cli", "export", str(checkpoint), "--repo", str(repo)]
+    subprocess.run([*export, "--all-attributes", "--precision", "fp32"], check=True)
     table = write_catalog(folder / "shop", items=items, distinct_images=256)
     start = time.perf_counter()
-    codes = [_cli(table, folder / "whole", checkpoint, resume=False)]
+    codes = [_cli(table, folder / "whole", repo, resume=False)]
     seconds = time.perf_counter() - start
     chunks = -(-items // 1024)
     kills = [f"batch#{chunks}", f"chunk#{chunks // 3 + 1}", f"record#{chunks // 3 + 1}"]
-    codes.append(_cli(table, folder / "resumed", checkpoint, resume=False, fault=kills[0]))
+    codes.append(_cli(table, folder / "resumed", repo, resume=False, fault=kills[0]))
     for fault in (*kills[1:], ""):
-        codes.append(_cli(table, folder / "resumed", checkpoint, resume=True, fault=fault))
+        codes.append(_cli(table, folder / "resumed", repo, resume=True, fault=fault))
     names = sorted(p.relative_to(folder / "whole") for p in (folder / "whole").rglob("*.*"))
     same = all(
         filecmp.cmp(folder / "whole" / n, folder / "resumed" / n, shallow=False) for n in names
@@ -155,6 +159,13 @@ def to_figures(result: dict) -> Figures:
     notes = [f"load average {result['load_average']} on a shared 2-core machine"]
     for run in result.get("memory", []):
         notes.append(f"peak memory at {run['items']} items: {run['peak_rss_mib']} MiB")
+    if resume := result.get("resume"):
+        same = "byte-identical to" if resume["identical"] else "DIFFERENT from"
+        notes.append(
+            f"kill -9 at three points and --resume at {resume['items']} items (ONNX Runtime, "
+            f"small): exit codes {resume['exit_codes']}, {resume['files']} files {same} an "
+            f"uninterrupted run ({resume['uninterrupted_s']} s)"
+        )
     return Figures(
         title="asen catalog embed: images/s, decode included (ONNX Runtime, all-attributes graph)",
         columns=["size", "precision", "items", "image px", "images/s"],

@@ -2,14 +2,14 @@
 it ran on, and its output: the JSON object it prints and, with `--figures PATH`, the table the
 docs site renders (docs/figures/*.json).
 
-A figures file is one JSON object (FIGURES_SCHEMA):
+A figures file is one JSON object (FIGURES_SCHEMA, docs/hooks/figures.schema.json):
 
     {"title": ..., "source": the command line that measured it,
      "machine": {"cpu", "cores", "gpu" (or null), "torch", "onnxruntime"},
      "measured": "YYYY-MM-DD", "columns": [...], "rows": [[...], ...], "notes": [...]}
 
 Cells are strings, numbers or null (no booleans: write "yes" / "no"). The docs build checks
-the same contract (docs/hooks/figures.py). Each benchmark maps its printed result to columns
+the same schema file (docs/hooks/figures.py). Each benchmark maps its printed result to columns
 and rows (a `Figures`); the printed JSON stays what it was.
 """
 
@@ -36,31 +36,9 @@ import psutil
 
 from asen.atomic import atomic_write_text
 
-CELL = {"type": ["string", "number", "null"]}
-FIGURES_SCHEMA = {
-    "type": "object",
-    "required": ["title", "source", "machine", "measured", "columns", "rows", "notes"],
-    "additionalProperties": False,
-    "properties": {
-        "title": {"type": "string", "minLength": 1},
-        "source": {"type": "string", "minLength": 1},
-        "machine": {
-            "type": "object",
-            "required": ["cpu", "cores", "gpu", "torch", "onnxruntime"],
-            "properties": {
-                "cpu": {"type": "string"},
-                "cores": {"type": "integer", "minimum": 1},
-                "gpu": {"type": ["string", "null"]},
-                "torch": {"type": ["string", "null"]},
-                "onnxruntime": {"type": ["string", "null"]},
-            },
-        },
-        "measured": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
-        "columns": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-        "rows": {"type": "array", "minItems": 1, "items": {"type": "array", "items": CELL}},
-        "notes": {"type": "array", "items": {"type": "string"}},
-    },
-}
+# The figures contract: one JSON Schema file, also read by the docs build's figures hook
+SCHEMA_FILE = Path(__file__).parents[1] / "docs" / "hooks" / "figures.schema.json"
+FIGURES_SCHEMA: dict[str, Any] = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------------- command line

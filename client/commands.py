@@ -14,8 +14,17 @@ import typer
 from rich.markup import escape
 
 from asen import AsenError
+from asen.catalog.store import DEFAULT_COLLECTION
 from asen.commands import search
-from asen.commands.options import ServerAddress, TritonConnection, with_options
+from asen.commands.catalog import STORE_HELP, Collection, StoreToken
+from asen.commands.options import (
+    Backend,
+    BackendName,
+    Device,
+    ServerAddress,
+    TritonConnection,
+    with_options,
+)
 from asen.commands.ui import console
 
 if TYPE_CHECKING:
@@ -196,17 +205,17 @@ def bench_serve(
 class CatalogAppOptions:
     """`asen app --store`: the catalog page and JSON API instead of the served search."""
 
+    # the store options of the catalog commands, with the store optional here
     store: Annotated[
-        str | None,
-        typer.Option(help="Catalog store (a .db path or http(s)://host:port): serve its API."),
+        str | None, typer.Option("--store", help=f"{STORE_HELP} Serves its page and JSON API.")
     ] = None
-    collection: Annotated[str, typer.Option(help="With --store: the collection.")] = "asen_catalog"
-    token: Annotated[str | None, typer.Option(help="With --store: the Milvus token.")] = None
+    collection: Collection = DEFAULT_COLLECTION
+    token: StoreToken = None
     encoder: Annotated[
         str | None, typer.Option(help="With --store: the photo encoder's model (see --backend).")
     ] = None
-    backend: Annotated[str, typer.Option(help="With --store: the encoder's backend.")] = "torch"
-    device: Annotated[str, typer.Option(help="With --store: the encoder's device.")] = "auto"
+    backend: Backend = BackendName.torch
+    device: Device = "auto"
     write_token: Annotated[
         str | None, typer.Option(help="With --store: bearer token the write endpoints require.")
     ] = None
@@ -237,7 +246,7 @@ def app(
     limit = upload_limit_bytes(max_upload_mb)  # nan, inf, 0 and below: one line
     settings = Settings(server.url, model, server.protocol or "grpc", data, limit)
     if catalog.store is not None:
-        options = dataclasses.asdict(catalog)
+        options = dataclasses.asdict(catalog) | {"backend": BackendName(catalog.backend).value}
         settings.catalog = catalog_settings(host, url=server.url, warn=console.print, **options)
 
     def ready(address: str) -> None:

@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -273,6 +272,9 @@ def build_view(repo: Path, choices: list[Choice], view: Path) -> Path:
     return view
 
 
+# The log is read only when tritonserver has exited during start-up: no API answers then,
+# and its log is the one place Triton gives the reason (a running server's load failures
+# come from its repository index instead).
 def _load_failures(log: Path) -> list[str]:
     """Triton's own 'failed to load' messages, one line each."""
     try:
@@ -337,20 +339,30 @@ class ServerHandle:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def _get(self, path: str, data: bytes | None = None) -> tuple[int, bytes]:
-        req = urllib.request.Request(f"http://{self.http_url}{path}", data=data)
+    def _client(self):
+        """A short-timeout HTTP client of this server (tritonclient's own)."""
+        import tritonclient.http as httpclient
+
+        return httpclient.InferenceServerClient(
+            self.http_url, connection_timeout=2.0, network_timeout=2.0
+        )
+
+    def _is_ready(self) -> bool:
+        from tritonclient.utils import InferenceServerException
+
         try:
-            with urllib.request.urlopen(req, timeout=2) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, b""
-        except OSError:
-            return 0, b""
+            return self._client().is_server_ready()
+        except (InferenceServerException, OSError):
+            return False
 
     def index(self) -> list[dict]:
         """The repository index: every model with its state (and reason when not ready)."""
-        status, body = self._get("/v2/repository/index", b"{}")
-        return json.loads(body) if status == 200 else []
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return self._client().get_model_repository_index()
+        except (InferenceServerException, OSError):
+            return []
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
@@ -362,7 +374,7 @@ class ServerHandle:
                     f"tritonserver exited (code {self.process.returncode}) while starting: "
                     f"{reason or 'no reason logged'} (log: {self.log_file})"
                 )
-            if self._get("/v2/health/ready")[0] == 200:
+            if self._is_ready():
                 ready = [m for m in self.index() if m.get("state") == "READY"]
                 self.models = sorted({m["name"] for m in ready})
                 for m in ready:

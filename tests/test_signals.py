@@ -289,6 +289,78 @@ def test_index(world, tmp_path, sig, target) -> None:
     assert not out.exists()
 
 
+@pytest.fixture(scope="module")
+def catalog_world(world) -> dict:
+    """A synthetic catalog table and its embedded catalog, for catalog embed and load."""
+    from asen.backends import open_encoder
+    from asen.catalog.embed import embed_catalog
+    from asen.catalog.items import read_items
+    from asen.catalog.synthetic import write_catalog
+
+    table = write_catalog(world["root"] / "shop", items=3000, image_size=64, distinct_images=64)
+    catalog = world["root"] / "catalog"
+    encoder = open_encoder("torch", world["ckpt"], device="cpu")
+    embed_catalog(encoder, read_items(table, id_column="sku"), catalog,
+                  images_root=table.parent, chunk_rows=256)  # fmt: skip
+    return {"table": table, "catalog": catalog}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_catalog_embed(world, catalog_world, tmp_path, sig, target) -> None:
+    """DataLoader workers decoding, a chunk being written: no manifest, no temporary;
+    `--resume` then finishes the catalog."""
+    out = tmp_path / "catalog"
+    table = catalog_world["table"]
+    args = ["catalog", "embed", table, "--images", table.parent, "--model", world["ckpt"]]
+    args += ["--out", out, "--id-column", "sku", "--backend", "torch", "--device", "cpu"]
+    args += ["--chunk-rows", 256, "--workers", 2]
+
+    def mid_work(proc):
+        workers = _has_child(proc.pid, "pt_data_worker")
+        return lambda: workers() and any(out.rglob("*.parquet"))
+
+    code, output = _signal_run(
+        args, log=tmp_path / "log", mid_work=mid_work, sig=sig, target=target, watch=[out]
+    )
+    assert code == _code(sig), output
+    assert not (out / "manifest.json").exists()
+    if sig == signal.SIGTERM and target == "group":  # once: the stopped run resumes
+        proc = _start([*args, "--resume"], tmp_path / "resume.log")
+        proc.join(300)
+        assert proc.exitcode == 0, (tmp_path / "resume.log").read_text()
+        assert _catalog_rows(out) == _catalog_rows(catalog_world["catalog"])
+
+
+def _catalog_rows(folder: Path) -> list:
+    """The ids and embeddings of a catalog folder, in order."""
+    from asen.catalog.files import open_catalog
+
+    return open_catalog(folder).read().to_pylist()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_catalog_load(catalog_world, tmp_path, sig, target) -> None:
+    """Batches going into a Milvus Lite file: the command stops; a rerun (an upsert) loads
+    every item."""
+    store = tmp_path / "shop.db"
+    args = ["catalog", "load", catalog_world["catalog"], "--store", store, "--index", "flat"]
+    args += ["--batch-size", 16]
+    log = tmp_path / "log"
+
+    def mid_work(proc):
+        return lambda: store.exists()
+
+    code, output = _signal_run(args, log=log, mid_work=mid_work, sig=sig, target=target)
+    assert code == _code(sig), output
+    if sig == signal.SIGTERM and target == "group":  # once: a rerun loads every item
+        proc = _start(args, tmp_path / "again.log")
+        proc.join(300)
+        assert proc.exitcode == 0, (tmp_path / "again.log").read_text()
+        assert "it holds 3000" in (tmp_path / "again.log").read_text()
+
+
 def _perf_analyzer_or_skip() -> None:
     from asen.client.perf import find_perf_analyzer
 

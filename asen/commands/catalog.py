@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from asen import AsenError
+from asen.catalog.store import DEFAULT_COLLECTION
 from asen.commands import catalog_embed
 from asen.commands.evaluate import backend_options, open_encoder
 from asen.commands.options import (
@@ -27,25 +28,22 @@ from asen.commands.ui import console, progress, say
 
 app = typer.Typer(help="Product catalogs: embed, load into a store, update, search.")
 
-StoreUri = Annotated[
-    str,
-    typer.Option(
-        "--store",
-        help="Milvus Lite file (a path ending .db) or a Milvus server http(s)://[TOKEN@]host:port.",
-    ),
+STORE_HELP = "Milvus Lite file (a path ending .db) or a Milvus server http(s)://[TOKEN@]host:port."
+StoreUri = Annotated[str, typer.Option("--store", help=STORE_HELP)]
+StoreToken = Annotated[
+    str | None,
+    typer.Option("--token", help="Milvus server token (user:password or API key); or in the URI."),
 ]
+Collection = Annotated[str, typer.Option("--collection", help="The catalog's collection.")]
 
 
 @dataclass(frozen=True)
 class StoreOptions:
-    """Which store and collection."""
+    """Which store and collection (also the optional store of `asen app`)."""
 
     store: StoreUri
-    token: Annotated[
-        str | None,
-        typer.Option(help="Milvus server token (user:password or API key); or in the URI."),
-    ] = None
-    collection: Annotated[str, typer.Option(help="The catalog's collection.")] = "asen_catalog"
+    token: StoreToken = None
+    collection: Collection = DEFAULT_COLLECTION
 
     def open(self):
         """The existing catalog collection (one error line when absent or unreachable)."""

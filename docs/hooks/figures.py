@@ -25,29 +25,10 @@ from mkdocs.exceptions import PluginError
 LOG = logging.getLogger("mkdocs.hooks.figures")
 MARKER = re.compile(r"<!--\s*figures:\s*([A-Za-z0-9_.-]+)\s*-->")
 
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["title", "source", "machine", "measured", "columns", "rows", "notes"],
-    "additionalProperties": False,
-    "properties": {
-        "title": {"type": "string", "minLength": 1},
-        "source": {"type": "string", "minLength": 1},
-        "machine": {
-            "oneOf": [
-                {"type": "string", "minLength": 1},
-                {"type": "object", "additionalProperties": {"type": ["string", "integer", "null"]}},
-            ]
-        },
-        "measured": {"type": "string", "pattern": r"^(\d{4}-\d{2}-\d{2}|before \d+\.\d+\.\d+)$"},
-        "columns": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-        "rows": {
-            "type": "array",
-            "minItems": 1,
-            "items": {"type": "array", "items": {"type": ["string", "number", "null"]}},
-        },
-        "notes": {"type": "array", "items": {"type": "string"}},
-    },
-}
+# The figures contract, one JSON Schema file shared with the writer (benchmarks/harness.py)
+SCHEMA: dict[str, Any] = json.loads(
+    Path(__file__).with_name("figures.schema.json").read_text(encoding="utf-8")
+)
 
 
 def figures_dir(docs_dir: str | Path) -> Path:

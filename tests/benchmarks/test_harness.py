@@ -53,7 +53,7 @@ def test_command_line_is_the_module_form_with_arguments_quoted() -> None:
     assert harness.command_line(["tool.py", "-v"], module="") == "python tool.py -v"
 
 
-def test_figures_document_has_the_contract_the_docs_read() -> None:
+def test_figures_document_has_the_contract_the_docs_read(tmp_path: Path) -> None:
     table = harness.Figures("T", ["x", "y"], [[1, "a"], [2.5, None]], ["a note"])
     doc = harness.figures_document(table, source="python -m x", measured=datetime.date(2026, 1, 2))
     assert list(doc) == ["title", "source", "machine", "measured", "columns", "rows", "notes"]
@@ -62,6 +62,12 @@ def test_figures_document_has_the_contract_the_docs_read() -> None:
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["torch"]
     assert doc["rows"] == [[1, "a"], [2.5, None]]
     jsonschema.validate(doc, harness.FIGURES_SCHEMA)
+    from tests.docs.docs_helpers import load_hook
+
+    hook = load_hook("figures")
+    assert hook.SCHEMA == harness.FIGURES_SCHEMA  # one contract, read from one file
+    (tmp_path / "figure.json").write_text(json.dumps(doc))
+    assert "| 2.5 |" in hook.render_figure(hook.load_figure(tmp_path / "figure.json"))
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,13 @@ def _figure(**changes) -> dict:
     figure = {
         "title": "Images a second",
         "source": "benchmarks/bench_encode.py",
-        "machine": {"cpu": "x86-64", "cores": 2, "gpu": None, "torch": "2.14.1"},
+        "machine": {
+            "cpu": "x86-64",
+            "cores": 2,
+            "gpu": None,
+            "torch": "2.14.1",
+            "onnxruntime": None,
+        },
         "measured": "2026-12-05",
         "columns": ["model", "images/s"],
         "rows": [["small", 412], ["paper | 448 px", 21.3]],
