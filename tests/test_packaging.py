@@ -61,7 +61,7 @@ def test_the_wheel_installs_one_import_name(wheel: Path) -> None:
         assert f"asen/configs/{config.name}" in names
     for module in ("asen/cli.py", "asen/export/commands.py", "asen/client/commands.py"):
         assert module in names
-    assert "asen = asen.cli:main" in entry_points
+    assert "asen = asen.launch:main" in entry_points
     for backend in ("torch", "onnx", "trt", "triton"):
         assert f"{backend} = " in entry_points
 
