@@ -1,25 +1,34 @@
 """The `asen` console script. Importing the command line takes seconds (PyTorch), and a stop
 signal in that time would otherwise get Python's default: SIGINT a KeyboardInterrupt
 traceback, SIGTERM and SIGHUP a silent death. Here the signals are handled before the
-first heavy import, with the same line and exit code as during a command."""
+first heavy import, with the same line and exit code as during a command.
+
+During the import the handler ends the process at once (`os._exit`) instead of raising:
+nothing has been written or started yet, and an exception raised while a C++ extension
+module initialises (PyTorch's, through pybind11) aborts the process instead of unwinding."""
 
 from __future__ import annotations
 
+import os
 import signal
-import sys
+from types import FrameType
 
-from asen.signals import Stopped, exit_code, signal_of, stop_signals_raise
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_now(signum: int, frame: FrameType | None) -> None:
+    """One line, then the shell's 128 + signal, without unwinding through the import."""
+    name = signal.Signals(signum).name
+    said = "interrupted" if signum == signal.SIGINT else f"stopped by {name}"
+    os.write(2, f"{said}\n".encode())
+    os._exit(128 + signum)
 
 
 def main() -> None:
     """Import and run the command line; a stop signal during the import is one line."""
-    try:
-        with stop_signals_raise():
-            from asen.cli import main as run_cli
-    except KeyboardInterrupt as e:
-        signum = signal_of(e)
-        name = signal.Signals(signum).name
-        said = f"stopped by {name}" if isinstance(e, Stopped) else "interrupted"
-        print(said, file=sys.stderr)
-        sys.exit(exit_code(signum))
+    previous = {sig: signal.signal(sig, _stop_now) for sig in STOP_SIGNALS}
+    from asen.cli import main as run_cli
+
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     run_cli()

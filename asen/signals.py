@@ -89,6 +89,19 @@ def exit_code(signum: int) -> int:
     return 128 + int(signum)
 
 
+def _quiet_fd_sharer_errors(args: threading.ExceptHookArgs) -> None:
+    """After a stop signal: a connection error in multiprocessing's file-descriptor sharer
+    thread (`resource_sharer._serve`, which hands DataLoader workers' shared-memory tensors
+    to this process) is a worker stopped mid-handshake, not a fault; anything else is
+    reported as before."""
+    sharer = args.thread is not None and args.thread.name.endswith("(_serve)")
+    if sharer and issubclass(
+        args.exc_type, (OSError, EOFError, multiprocessing.AuthenticationError)
+    ):
+        return
+    threading.__excepthook__(args)
+
+
 @contextmanager
 def stop_signals_raise() -> Iterator[list[int]]:
     """While active (main thread only), SIGTERM and SIGHUP raise `Stopped` where the main
@@ -101,6 +114,7 @@ def stop_signals_raise() -> Iterator[list[int]]:
 
     def stop(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
+        threading.excepthook = _quiet_fd_sharer_errors
         raise Stopped(signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}

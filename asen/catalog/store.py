@@ -237,6 +237,14 @@ def _schema(client: Any, layout: StoreLayout) -> Any:
     return schema
 
 
+def _index_params(client: Any, index: str) -> Any:
+    """Milvus index parameters of the vector field for index kind `index`."""
+    kind, params = INDEX_PARAMS[index]
+    prepared = client.prepare_index_params()
+    prepared.add_index(VECTOR_FIELD, index_type=kind, metric_type="IP", params=params)
+    return prepared
+
+
 class CatalogStore:
     """One catalog collection in a Milvus store, with its recorded layout."""
 
@@ -277,20 +285,31 @@ class CatalogStore:
             store = cls.open(address, collection)
             client.close()
             store.layout.check_same(layout, store.where)
+            store.ensure_index()
             return store
-        kind, params = INDEX_PARAMS[layout.index]
-        index = client.prepare_index_params()
-        index.add_index(VECTOR_FIELD, index_type=kind, metric_type="IP", params=params)
         call(
             client.create_collection,
             collection,
             schema=_schema(client, layout),
-            index_params=index,
+            index_params=_index_params(client, layout.index),
             consistency_level="Strong",
             properties=layout.to_properties(),
             where=str(address),
         )
         return cls(client, address, collection, layout)
+
+    def ensure_index(self) -> None:
+        """Create the vector index when the collection has none: creating a collection with
+        its index is two steps in Milvus, and a stop signal or a crash between them leaves a
+        collection that a rerun of the load must finish."""
+        try:
+            if self.call("describe_index", index_name=VECTOR_FIELD):
+                return
+        except StoreError:  # a Milvus server says "index not found"; Milvus Lite says None
+            pass
+        index = _index_params(self.client, self.layout.index)
+        call(self.client.create_index, self.collection, index, where=self.where)
+        self.call("load_collection")
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """`client.<method>(collection, ...)`, errors as StoreError. A collection that a
@@ -319,6 +338,8 @@ class CatalogStore:
         deadline = time.monotonic() + timeout_s
         while True:
             state = self.call("describe_index", index_name=VECTOR_FIELD)
+            if not state:
+                raise StoreError(f"{self.where}: {self.collection} has no vector index")
             if int(state.get("pending_index_rows", 0)) == 0 and int(
                 state.get("indexed_rows", 0)
             ) >= int(state.get("total_rows", 0)):

@@ -94,3 +94,26 @@ def test_a_leaked_loader_with_workers_that_ignore_sigterm_does_not_hang_the_exit
     )
     assert done.returncode == 0 and done.stdout.strip() == "exiting", done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_after_a_stop_signal_the_fd_sharer_thread_s_connection_errors_are_quiet(capfd) -> None:
+    """A DataLoader worker stopped mid-handshake made multiprocessing's fd-sharer thread print
+    a traceback at the end of a signalled `catalog embed`; other threads still report."""
+    import threading
+
+    from asen.signals import _quiet_fd_sharer_errors
+
+    def fail() -> None:
+        raise ConnectionResetError("peer gone")
+
+    saved = threading.excepthook
+    threading.excepthook = _quiet_fd_sharer_errors
+    try:
+        for name in ("Thread-3 (_serve)", "Thread-4 (work)"):
+            thread = threading.Thread(target=fail, name=name)
+            thread.start()
+            thread.join()
+    finally:
+        threading.excepthook = saved
+    errors = capfd.readouterr().err
+    assert "Thread-4 (work)" in errors and "(_serve)" not in errors

@@ -141,6 +141,27 @@ def test_another_encoder_is_refused_and_reloading_is_idempotent(world, tmp_path)
         store.check_encoder(OTHER_IDENTITY.to_json())
 
 
+def test_a_load_cut_short_between_collection_and_index_is_finished_by_a_rerun(tmp_path):
+    """Milvus creates a collection, then its index: a stop signal between the two left a
+    collection without an index, and the rerun of the load failed on it."""
+    from asen.catalog.store import VECTOR_FIELD
+
+    items = make_items(40, seed=3)
+    catalog = open_catalog(write_catalog(tmp_path / "catalog", items))
+    address = parse_store(str(tmp_path / "cut.db"))
+    load_catalog(catalog, address)
+    with CatalogStore.open(address) as store:  # as the interrupted creation left it
+        store.client.release_collection(store.collection)
+        store.client.drop_index(store.collection, VECTOR_FIELD)
+        assert not store.client.describe_index(store.collection, VECTOR_FIELD)
+    report = load_catalog(catalog, address)
+    assert report.total == 40
+    with CatalogStore.open(address) as store:
+        assert store.client.describe_index(store.collection, VECTOR_FIELD)
+        hits = search(store, weights={ATTRIBUTES[0]: 1.0}, k=3, item=items["id"][0])
+        assert len(hits) == 3
+
+
 def test_delete_and_stats(world):
     _, items, _, store = world
     before = store_stats(store)["rows"]
