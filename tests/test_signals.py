@@ -349,8 +349,8 @@ def test_catalog_load(catalog_world, tmp_path, sig, target) -> None:
     args += ["--batch-size", 16]
     log = tmp_path / "log"
 
-    def mid_work(proc):
-        return lambda: store.exists()
+    def mid_work(proc):  # rows arriving: the collection is made (its log holds rows)
+        return lambda: any(store.rglob("wal_*.arrow"))
 
     code, output = _signal_run(args, log=log, mid_work=mid_work, sig=sig, target=target)
     assert code == _code(sig), output
