@@ -9,7 +9,6 @@ imports them (docs/architecture.md, "Layering").
 
 from __future__ import annotations
 
-import signal
 from importlib.metadata import entry_points
 from typing import Annotated, Any
 
@@ -19,7 +18,7 @@ import asen
 from asen import AsenError
 from asen.commands import catalog, data, evaluate, search, train
 from asen.commands.ui import console, err, error_line
-from asen.signals import Stopped, exit_code, signal_of, stop_signals_raise
+from asen.signals import exit_code, signal_of, stop_line, stop_signals_raise
 
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -43,8 +42,7 @@ class _OneLineErrors(typer.core.TyperGroup):
             raise typer.Exit(1) from None
         except KeyboardInterrupt as e:
             signum = signal_of(e)
-            said = f"stopped by {signal.Signals(signum).name}" if isinstance(e, Stopped) else ""
-            err.print(f"[red]{said or 'interrupted'}[/red]")
+            err.print(f"[red]{stop_line(signum)}[/red]")
             raise typer.Exit(exit_code(signum)) from None
 
 

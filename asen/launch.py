@@ -13,15 +13,15 @@ import os
 import signal
 from types import FrameType
 
+from asen.signals import exit_code, stop_line
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _stop_now(signum: int, frame: FrameType | None) -> None:
     """One line, then the shell's 128 + signal, without unwinding through the import."""
-    name = signal.Signals(signum).name
-    said = "interrupted" if signum == signal.SIGINT else f"stopped by {name}"
-    os.write(2, f"{said}\n".encode())
-    os._exit(128 + signum)
+    os.write(2, f"{stop_line(signum)}\n".encode())
+    os._exit(exit_code(signum))
 
 
 def main() -> None:

@@ -89,6 +89,11 @@ def exit_code(signum: int) -> int:
     return 128 + int(signum)
 
 
+def stop_line(signum: int) -> str:
+    """What a command says when a stop signal ended it."""
+    return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+
+
 def _quiet_fd_sharer_errors(args: threading.ExceptHookArgs) -> None:
     """After a stop signal: a connection error in multiprocessing's file-descriptor sharer
     thread (`resource_sharer._serve`, which hands DataLoader workers' shared-memory tensors
