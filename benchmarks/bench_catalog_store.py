@@ -35,7 +35,7 @@ from asen.catalog.files import (
     open_catalog,
 )
 from asen.catalog.load import load_catalog
-from asen.catalog.query import SEARCH_PARAMS, search
+from asen.catalog.query import index_search_params, search
 from asen.catalog.store import CatalogStore, parse_store
 from benchmarks import harness
 
@@ -116,19 +116,34 @@ def queries(rng, vectors, count: int) -> list[tuple[np.ndarray, dict[int, float]
     return out
 
 
-def run_query(store, query, names, k=10):
+def run_query(store, query, names, k=10, tuning=None):
     vectors, weights, keep = query
     spec = {"category": f"c{keep}"} if keep is not None else None
     named = {names[a]: w for a, w in weights.items()}
-    return search(store, weights=named, k=k, vectors=vectors, filter=spec)
+    return search(store, weights=named, k=k, vectors=vectors, filter=spec, tuning=tuning)
 
 
-def recall(store, vectors, category, tests, names) -> float:
-    found = 0
+def recall_by_ef(store, vectors, category, tests, names, efs: list[int]) -> dict:
+    """Recall@10 against exact search and the median query time, with the default search
+    parameters ("default") and at each HNSW ef in `efs` ("ef 512"), interleaved query by
+    query."""
+    tunings = {"default": None, **{f"ef {ef}": {"ef": ef} for ef in efs}}
+    found = dict.fromkeys(tunings, 0)
+    times: dict[str, list[float]] = {label: [] for label in tunings}
     for query in tests:
         exact = set(exact_top(vectors, category, query[0], query[1], 10, query[2]))
-        found += len(exact & {int(h.id) for h in run_query(store, query, names)})
-    return found / (10 * len(tests))
+        for label, tuning in tunings.items():
+            start = time.perf_counter()
+            hits = run_query(store, query, names, tuning=tuning)
+            times[label].append(time.perf_counter() - start)
+            found[label] += len(exact & {int(h.id) for h in hits})
+    return {
+        label: {
+            "recall_at_10": round(found[label] / (10 * len(tests)), 4),
+            "query_ms": round(1000 * statistics.median(times[label]), 1),
+        }
+        for label in tunings
+    }
 
 
 def latency(address, tests, names, in_flight: int, seconds: float) -> dict:
@@ -163,10 +178,7 @@ def breakdown(store, tests, names) -> dict:
     """One filtered query at a time: the Milvus call alone (ids only, then with vectors)
     and asen's whole query (re-scoring included), in ms."""
     filtered = [t for t in tests if t[2] is not None][:20]
-    params = {
-        "metric_type": "IP",
-        "params": SEARCH_PARAMS[store.layout.index],
-    }
+    params = index_search_params(store.layout.index, limit=19)
     out = {}
     for label, fields in (("milvus_ids_ms", []), ("milvus_with_vectors_ms", ["vec"])):
         times = []
@@ -215,6 +227,11 @@ def to_figures(result: dict) -> harness.Figures:
         notes=[
             f"{result['queries']} queries at {IN_FLIGHT_NOTE.format(**result)}",
             f"load average {result['load_average']} on a shared 2-core machine",
+            *[
+                f"{label}: recall@10 {row['recall_at_10']}, one query {row['query_ms']} ms"
+                for label, row in result.get("by_ef", {}).items()
+                if label != "default"
+            ],
         ],
     )
 
@@ -229,11 +246,15 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--store", help="a .db path or a server URI (default: a temporary file)")
+    parser.add_argument(
+        "--ef", default="", help="more HNSW ef values to measure recall at, e.g. 512,1024"
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     vectors = clustered(rng, args.items, args.attributes, args.dim)
     category = rng.integers(0, CATEGORIES, args.items)
     names = [f"attr{a}" for a in range(args.attributes)]
+    efs = [int(v) for v in args.ef.split(",") if v] if args.index == "hnsw" else []
     with tempfile.TemporaryDirectory() as tmp:
         write_catalog(Path(tmp) / "catalog", vectors, category)
         address = parse_store(args.store or str(Path(tmp) / "bench.db"))
@@ -249,10 +270,11 @@ def main() -> None:
                 "items": args.items, "attributes": args.attributes, "dim": args.dim,
                 "index": args.index, "load_s": round(load_s, 1), "settle_s": settle_s,
                 "peak_rss_gib": round(memory.peak / 2**30, 2),
-                "recall_at_10": round(recall(store, vectors, category, tests, names), 4),
+                "by_ef": recall_by_ef(store, vectors, category, tests, names, efs),
                 **latency(address, tests, names, args.in_flight, args.seconds),
                 "one_query": breakdown(store, tests, names), "in_flight": args.in_flight,
             }  # fmt: skip
+    result["recall_at_10"] = result["by_ef"]["default"]["recall_at_10"]
     result["load_average"] = harness.load_average()
     harness.finish(result, args, to_figures, indent=1)
 

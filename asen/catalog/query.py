@@ -37,7 +37,7 @@ MAX_K = 1000
 MAX_TOPK = 16384  # Milvus's largest search limit
 MAX_IN = 1024
 MAX_DEPTH = 8
-SEARCH_PARAMS = {"flat": {}, "ivf": {"nprobe": 128}, "hnsw": {"ef": 256}}  # see the docs
+SEARCH_PARAMS = {"flat": {}, "ivf": {"nprobe": 128}, "hnsw": {"ef": 1024}}  # see the docs
 RANGES = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -216,10 +216,25 @@ def _rescore(
     return hits
 
 
+def index_search_params(index: str, limit: int, tuning: dict[str, int] | None = None) -> dict:
+    """The index's search parameters (`tuning` over the defaults); HNSW's ef is raised to
+    the search limit, as HNSW returns no more than ef hits."""
+    params = {**SEARCH_PARAMS[index], **(tuning or {})}
+    if "ef" in params:
+        params["ef"] = max(int(params["ef"]), limit)
+    return {"metric_type": "IP", "params": params}
+
+
 def _search_once(
-    store: CatalogStore, vector: np.ndarray, *, limit: int, expr: str, fields: list[str]
+    store: CatalogStore,
+    vector: np.ndarray,
+    *,
+    limit: int,
+    expr: str,
+    fields: list[str],
+    tuning: dict[str, int] | None,
 ) -> list[dict]:
-    params = {"metric_type": "IP", "params": SEARCH_PARAMS[store.layout.index]}
+    params = index_search_params(store.layout.index, limit, tuning)
     found = store.call(
         "search",
         [vector.tolist()],
@@ -241,10 +256,12 @@ def search(
     filter: Any = None,  # noqa: A002 - the query's own word
     fields: list[str] | tuple[str, ...] = (),
     max_k: int = MAX_K,
+    tuning: dict[str, int] | None = None,
 ) -> list[Hit]:
     """The top k items by `sum_a w_a * cos_a` against a photo's `[A, D]` vectors (only
     the weighted rows are read) or a stored item's (the item itself left out), among
-    items passing `filter`; ties by id."""
+    items passing `filter`; ties by id. `tuning` overrides the index's search parameters
+    (`{"ef": 512}`, `{"nprobe": 64}`)."""
     weights, k = check_weights(weights, store), check_k(k, max_k)
     fields, expr = check_fields(fields, store), compile_filter(filter, store)
     if (vectors is None) == (item is None):
@@ -257,7 +274,7 @@ def search(
     tolerance = 1e-5 * sum(weights.values())
     limit = min(k + 1 + max(8, k // 4), MAX_TOPK)
     while True:
-        raw = _search_once(store, vector, limit=limit, expr=expr, fields=fields)
+        raw = _search_once(store, vector, limit=limit, expr=expr, fields=fields, tuning=tuning)
         hits = [h for h in _rescore(raw, blocks, weights, store, fields) if h.id != exclude]
         exhausted = len(raw) < limit or limit == MAX_TOPK
         lowest = min((r["distance"] for r in raw), default=0.0)

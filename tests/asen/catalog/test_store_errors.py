@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from asen import AsenError
 from asen.catalog.files import open_catalog
 from asen.catalog.load import delete_items, load_catalog, store_stats
 from asen.catalog.query import compile_filter, search
-from asen.catalog.store import CatalogStore, connect, parse_store
+from asen.catalog.store import CatalogStore, StoreLayout, connect, parse_store
 from tests.asen.catalog.store_world import (
     ATTRIBUTES,
     CATEGORIES,
@@ -171,3 +173,42 @@ def test_delete_and_stats(world):
     hits = search(store, weights={ATTRIBUTES[0]: 1.0}, k=3, vectors=items["vectors"][3])
     assert items["id"][3] not in [h.id for h in hits]
     assert np.isfinite([h.score for h in hits]).all()
+
+
+STOPPED_MID_CREATE = """
+import os, signal, sys, time
+import milvus_lite.db
+from asen.catalog.store import CatalogStore, StoreLayout, parse_store
+
+create = milvus_lite.db.MilvusLite.create_collection
+
+def slow_create(self, *args, **kwargs):  # the stop signal arrives while the call runs
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+    return create(self, *args, **kwargs)
+
+milvus_lite.db.MilvusLite.create_collection = slow_create
+layout = StoreLayout(["collar"], 8, "int64", {}, {"checkpoint_sha256": "0" * 64})
+try:
+    CatalogStore.create_or_open(parse_store(sys.argv[1]), "shop", layout)
+except KeyboardInterrupt:
+    print("interrupted")
+    sys.exit(130)
+"""
+
+
+def test_a_stop_during_a_milvus_lite_call_is_quiet_and_a_rerun_finishes_it(tmp_path):
+    """SIGINT while Milvus Lite's in-process server creates the collection: one line, no
+    traceback (the server's call failed as Python exited and logged `cannot schedule new
+    futures after interpreter shutdown`); the rerun has the collection, indexed."""
+    store = tmp_path / "shop.db"
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_MID_CREATE, str(store)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr
+    assert done.stdout.strip() == "interrupted" and not done.stderr.strip(), done.stderr
+    layout = StoreLayout(["collar"], 8, "int64", {}, {"checkpoint_sha256": "0" * 64})
+    with CatalogStore.create_or_open(parse_store(str(store)), "shop", layout) as again:
+        assert again.layout.attributes == ["collar"]
+        assert again.client.list_indexes(again.collection)
