@@ -5,10 +5,11 @@ helper process asen starts (DataLoader workers, perf_analyzer, tritonserver) rec
 signal too. Helpers leave it to the main process, which stops them itself, in order:
 
 - `ignore_stop_signals`: a DataLoader `worker_init_fn`; workers ignore the stop signals.
-- `held_stop_signals`: blocks them in the main thread while helpers are forked, so a signal
-  arriving in between is neither lost for the main process nor acted on by a helper
-  before it could ignore it (the child inherits the blocked mask, `ignore_stop_signals`
-  sets SIG_IGN, which discards a pending one, then unblocks).
+- `held_stop_signals`: holds them in the main thread while helpers are forked, a folder is
+  switched or a client is made, so a signal arriving in between is neither lost for the
+  main process nor acted on by a helper before it could ignore it (the child inherits the
+  blocked mask, `ignore_stop_signals` sets SIG_IGN, which discards a pending one, then
+  unblocks), nor raised half-way through.
 - `stop_signals_raise`: while active, SIGTERM / SIGHUP raise `Stopped` (a
   KeyboardInterrupt, as SIGINT raises), so `finally` blocks stop helpers and remove
   temporary folders; `exit_code` is the command's documented code for the signal.
@@ -57,16 +58,29 @@ atexit.register(_kill_daemonic_children)  # atexit runs last-registered first
 
 @contextmanager
 def held_stop_signals() -> Iterator[None]:
-    """Block the stop signals in this thread for the block (while helpers are forked); one
-    that arrived meanwhile is delivered when the block ends."""
+    """Hold the stop signals for the block (main thread only): one that arrives meanwhile is
+    acted on when the block ends. They are blocked in this thread, so a helper forked
+    meanwhile inherits the block and cannot act on one before it ignores them; and their
+    handlers only note them, as the kernel hands a process's signal to any thread that does
+    not block it, and libraries start threads of their own (gevent's, for one)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    noted: list[int] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        noted.append(signum)
+
+    handlers = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in handlers.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending one is acted on
+        for sig in dict.fromkeys(noted):
+            signal.raise_signal(sig)
 
 
 class Stopped(KeyboardInterrupt):

@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 from asen.client.model_control import ViewSync, control_flags, link_warmup
@@ -38,6 +39,7 @@ from asen.export.repository import BACKEND_OF, CONFIG, read_config
 
 import asen
 from asen import AsenError
+from asen.signals import held_stop_signals
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -339,19 +341,12 @@ class ServerHandle:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def _client(self):
-        """A short-timeout HTTP client of this server (tritonclient's own)."""
-        import tritonclient.http as httpclient
-
-        return httpclient.InferenceServerClient(
-            self.http_url, connection_timeout=2.0, network_timeout=2.0
-        )
-
     def _is_ready(self) -> bool:
         from tritonclient.utils import InferenceServerException
 
         try:
-            return self._client().is_server_ready()
+            with short_http_client(self.http_url) as client:
+                return client.is_server_ready()
         except (InferenceServerException, OSError):
             return False
 
@@ -360,7 +355,8 @@ class ServerHandle:
         from tritonclient.utils import InferenceServerException
 
         try:
-            return self._client().get_model_repository_index()
+            with short_http_client(self.http_url) as client:
+                return client.get_model_repository_index()
         except (InferenceServerException, OSError):
             return []
 
@@ -404,6 +400,21 @@ class ServerHandle:
         self.process.wait()
         _wait_group_gone(pgid)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def short_http_client(url: str) -> Iterator[Any]:
+    """A short-timeout HTTP client of a server (tritonclient's own), closed after the block.
+    It is made with the stop signals held: a stop raised inside its constructor would leave
+    a half-made client whose finaliser prints an AttributeError traceback at exit."""
+    import tritonclient.http as httpclient
+
+    with held_stop_signals():
+        client = httpclient.InferenceServerClient(url, connection_timeout=2.0, network_timeout=2.0)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 
 import pytest
 
@@ -35,13 +37,41 @@ def test_sigint_keeps_pythons_keyboard_interrupt() -> None:
     assert signal_of(KeyboardInterrupt()) == signal.SIGINT and exit_code(signal.SIGINT) == 130
 
 
+def _run_python_for(seconds: float) -> None:
+    """Execute bytecode for a while: a Python signal handler due now runs meanwhile."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
 def test_a_held_signal_acts_when_the_block_ends() -> None:
     reached = []
     with pytest.raises(Stopped), stop_signals_raise():
         with held_stop_signals():
             os.kill(os.getpid(), signal.SIGTERM)
+            _run_python_for(0.3)
             reached.append("after the kill")  # held: the block goes on
         reached.append("not reached")
+    assert reached == ["after the kill"]
+
+
+def test_a_signal_taken_by_another_thread_is_held_too() -> None:
+    """The kernel gives a process's signal to any thread not blocking it (libraries start
+    threads of their own, gevent's for one): held all the same, acted on at the end."""
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)  # started with the signals unblocked
+    other.start()
+    reached = []
+    try:
+        with pytest.raises(Stopped), stop_signals_raise():
+            with held_stop_signals():
+                signal.pthread_kill(other.ident, signal.SIGTERM)
+                _run_python_for(0.3)
+                reached.append("after the kill")
+            reached.append("not reached")
+    finally:
+        release.set()
+        other.join()
     assert reached == ["after the kill"]
 
 
