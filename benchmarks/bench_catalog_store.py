@@ -35,7 +35,7 @@ from asen.catalog.files import (
     open_catalog,
 )
 from asen.catalog.load import load_catalog
-from asen.catalog.query import index_search_params, search
+from asen.catalog.query import SEARCH_PARAMS, index_search_params, search
 from asen.catalog.store import CatalogStore, parse_store
 from benchmarks import harness
 
@@ -216,6 +216,18 @@ FIGURE_COLUMNS = {
 }
 
 
+def ef_notes(result: dict) -> list[str]:
+    """HNSW only: recall@10 and one query's median time at each ef measured."""
+    if result["index"] != "hnsw":
+        return []
+    default = f"ef {SEARCH_PARAMS['hnsw']['ef']} (the default, the row above)"
+    return [
+        f"{default if label == 'default' else label}: recall@10 {row['recall_at_10']}, "
+        f"one query {row['query_ms']} ms"
+        for label, row in result["by_ef"].items()
+    ]
+
+
 def to_figures(result: dict) -> harness.Figures:
     """One row: the store's load, memory, recall and latency at this size."""
     values = {**result, **result["one_query"]}
@@ -227,11 +239,7 @@ def to_figures(result: dict) -> harness.Figures:
         notes=[
             f"{result['queries']} queries at {IN_FLIGHT_NOTE.format(**result)}",
             f"load average {result['load_average']} on a shared 2-core machine",
-            *[
-                f"{label}: recall@10 {row['recall_at_10']}, one query {row['query_ms']} ms"
-                for label, row in result.get("by_ef", {}).items()
-                if label != "default"
-            ],
+            *ef_notes(result),
         ],
     )
 
@@ -247,7 +255,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--store", help="a .db path or a server URI (default: a temporary file)")
     parser.add_argument(
-        "--ef", default="", help="more HNSW ef values to measure recall at, e.g. 512,1024"
+        "--ef", default="", help="more HNSW ef values to measure recall at, e.g. 256,512,2048"
     )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
