@@ -13,9 +13,7 @@ import os
 import signal
 from types import FrameType
 
-from asen.signals import exit_code, stop_line
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+from asen.signals import STOP_SIGNALS, exit_code, stop_line
 
 
 def _stop_now(signum: int, frame: FrameType | None) -> None:

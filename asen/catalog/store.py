@@ -371,11 +371,11 @@ def call(fn: Any, *args: Any, where: str, **kwargs: Any) -> Any:
     except MilvusException as e:
         raise StoreError(f"{where}: {_milvus_error(e)}", getattr(e, "code", None)) from None
     except KeyboardInterrupt:  # a stop signal (asen.signals) during the call
-        quiet_lite_server()
+        _quiet_lite_server()
         raise
 
 
-def quiet_lite_server() -> None:
+def _quiet_lite_server() -> None:
     """The command is stopping: Milvus Lite's in-process server (of a `.db` store) may still
     run the call it was in, and fail as Python exits beneath it (`cannot schedule new futures
     after interpreter shutdown`), logging a traceback. That failure is the stop's own; the

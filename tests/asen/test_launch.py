@@ -44,7 +44,7 @@ def test_a_stop_signal_during_start_up_is_one_line(sig, said, target) -> None:
         [str(ASEN), "data", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True, text=True,
     )  # fmt: skip
-    _wait_for_handlers(proc.pid)  # asen.launch is in its try block, asen.cli importing
+    _wait_for_handlers(proc.pid)  # asen.launch's handlers are in, asen.cli importing
     assert proc.poll() is None, "finished before the signal: the test needs a slower import"
     if target == "group":
         os.killpg(proc.pid, sig)

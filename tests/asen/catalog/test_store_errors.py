@@ -13,7 +13,7 @@ from asen import AsenError
 from asen.catalog.files import open_catalog
 from asen.catalog.load import delete_items, load_catalog, store_stats
 from asen.catalog.query import compile_filter, search
-from asen.catalog.store import CatalogStore, StoreLayout, connect, parse_store
+from asen.catalog.store import VECTOR_FIELD, CatalogStore, StoreLayout, connect, parse_store
 from tests.asen.catalog.store_world import (
     ATTRIBUTES,
     CATEGORIES,
@@ -146,8 +146,6 @@ def test_another_encoder_is_refused_and_reloading_is_idempotent(world, tmp_path)
 def test_a_load_cut_short_between_collection_and_index_is_finished_by_a_rerun(tmp_path):
     """Milvus creates a collection, then its index: a stop signal between the two left a
     collection without an index, and the rerun of the load failed on it."""
-    from asen.catalog.store import VECTOR_FIELD
-
     items = make_items(40, seed=3)
     catalog = open_catalog(write_catalog(tmp_path / "catalog", items))
     address = parse_store(str(tmp_path / "cut.db"))
